@@ -1,0 +1,6 @@
+"""Compact Transformers (CCT, CVT, ViT-Lite) in Flax."""
+
+from compact_flax.models import CCT, CVT, VARIANTS, ViTLite, create_model, list_models
+
+__version__ = '0.1.0'
+from compact_flax.checkpoint import load_model, save_model

@@ -1,0 +1,157 @@
+"""The transformer encoder, positional embeddings and sequence pooling shared by CCT, CVT and ViT-Lite.
+
+Names of submodules follow the official PyTorch `TransformerClassifier`, so that converting a
+checkpoint is a lookup table (see `convert.py`).
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+POSITIONAL_EMBEDDINGS = ('learnable', 'sine', 'none')
+
+# PyTorch's trunc_normal_(std=.02) cuts at +-2 absolute, i.e. 100 sigma: effectively untruncated.
+dense_init = nn.initializers.normal(stddev=0.02)
+# LayerNorm epsilon of torch.nn.LayerNorm (Flax's default is 1e-6).
+LN_EPS = 1e-5
+
+
+def sinusoidal_embedding(num_tokens: int, dim: int) -> np.ndarray:
+  """The official frozen table, shape (1, tokens, dim): sin on even channels, cos on odd (interleaved)."""
+  p = np.arange(num_tokens, dtype=np.float64)[:, None]
+  i = np.arange(dim)[None, :]
+  angle = (p / 10000.0**(2 * (i // 2) / dim)).astype(np.float32)
+  pe = np.where(i % 2 == 0, np.sin(angle), np.cos(angle))
+  return pe[None].astype(np.float32)
+
+
+def check_positional_embedding(kind: str):
+  if kind not in POSITIONAL_EMBEDDINGS:
+    raise ValueError(f"Unknown positional embedding '{kind}'; expected one of {POSITIONAL_EMBEDDINGS}.")
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused, bias-free `qkv` projection (timm layout)."""
+  num_heads: int
+  attention_dropout: float = 0.1
+  projection_dropout: float = 0.1
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    b, n, c = x.shape
+    head_dim = c // self.num_heads
+    dense = lambda features, name, use_bias=True: nn.Dense(
+        features, use_bias=use_bias, kernel_init=dense_init, dtype=self.dtype,
+        param_dtype=self.param_dtype, name=name)
+    qkv = dense(3 * c, 'qkv', use_bias=False)(x)
+    # Output channels are laid out [3][heads][head_dim], as the checkpoints store them.
+    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, head_dim), 2, 0)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * head_dim**-0.5
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    probs = nn.Dropout(self.attention_dropout, name='attn_drop')(probs, deterministic=not train)
+    x = jnp.einsum('bhqk,bkhd->bqhd', probs, v).reshape(b, n, c)
+    x = dense(c, 'proj')(x)
+    return nn.Dropout(self.projection_dropout, name='proj_drop')(x, deterministic=not train)
+
+
+class TransformerEncoderLayer(nn.Module):
+  """The official encoder layer, post-norm quirk included.
+
+  `x = norm1(x + drop_path(attn(pre_norm(x)))); x = x + drop_path(mlp(x))`: the residual stream
+  after attention is normalised. Every official checkpoint was trained this way.
+  """
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  attention_dropout: float = 0.1
+  drop_path_rate: float = 0.0
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    d = x.shape[-1]
+    norm = lambda name: nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype,
+                                     name=name)
+    dense = lambda features, name: nn.Dense(features, kernel_init=dense_init, dtype=self.dtype,
+                                            param_dtype=self.param_dtype, name=name)
+    # Stochastic depth: one Bernoulli draw per sample, broadcast over tokens and channels.
+    drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2), name='drop_path')
+    dropout = lambda name: nn.Dropout(self.dropout, name=name)
+
+    y = Attention(self.num_heads, self.attention_dropout, self.dropout, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name='self_attn')(norm('pre_norm')(x), train=train)
+    x = norm('norm1')(x + drop_path(y, deterministic=not train))
+    y = nn.gelu(dense(self.mlp_dim, 'linear1')(x), approximate=False)
+    y = dense(d, 'linear2')(dropout('dropout1')(y, deterministic=not train))
+    y = dropout('dropout2')(y, deterministic=not train)
+    return x + drop_path(y, deterministic=not train)
+
+
+class TransformerClassifier(nn.Module):
+  """Positional embedding, encoder stack, final LayerNorm, then sequence pooling or the class token.
+
+  Sows into the 'intermediates' collection: `tokens` (after the final norm), `pooling_weights`
+  (sequence pooling's softmax over tokens, shape (batch, tokens)) and `pre_logits`.
+  """
+  num_classes: int
+  num_layers: int
+  num_heads: int
+  mlp_ratio: float
+  seq_pool: bool = True  # False: prepend a class token and classify from it (ViT-Lite)
+  positional_embedding: str = 'learnable'
+  sequence_length: Optional[int] = None  # tokens from the tokenizer (no class token): the PE's size
+  dropout: float = 0.0
+  attention_dropout: float = 0.1
+  stochastic_depth: float = 0.1
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    check_positional_embedding(self.positional_embedding)
+    b, n, d = x.shape
+    if self.positional_embedding != 'none' and n != self.sequence_length:
+      raise ValueError(
+          f'The tokenizer made {n} tokens but the positional embedding was built for '
+          f'{self.sequence_length}: build the model with the img_size of your input, or convert '
+          f'the weights to the new resolution (convert.load_torch_checkpoint(..., img_size=...)).')
+    if not self.seq_pool:
+      cls = self.param('class_emb', nn.initializers.zeros, (1, 1, d), self.param_dtype)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
+    tokens = x.shape[1]
+    if self.positional_embedding == 'learnable':
+      # trunc_normal_(std=.2) with PyTorch's absolute +-2 cut: ten sigma, effectively untruncated.
+      pe = self.param('positional_emb', nn.initializers.normal(stddev=0.2), (1, tokens, d),
+                      self.param_dtype)
+      x = x + pe.astype(x.dtype)
+    elif self.positional_embedding == 'sine':
+      x = x + jnp.asarray(sinusoidal_embedding(tokens, d), x.dtype)  # a constant, not a parameter
+    x = nn.Dropout(self.dropout, name='dropout')(x, deterministic=not train)
+
+    rates = np.linspace(0, self.stochastic_depth, self.num_layers) if self.num_layers else []
+    for i, rate in enumerate(rates):
+      x = TransformerEncoderLayer(
+          self.num_heads, int(d * self.mlp_ratio), self.dropout, self.attention_dropout, float(rate),
+          dtype=self.dtype, param_dtype=self.param_dtype, name=f'blocks_{i}')(x, train=train)
+    x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name='norm')(x)
+    self.sow('intermediates', 'tokens', x)
+
+    if self.seq_pool:
+      w = nn.Dense(1, kernel_init=dense_init, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name='attention_pool')(x)
+      w = jax.nn.softmax(w[..., 0].astype(jnp.float32), axis=-1)
+      self.sow('intermediates', 'pooling_weights', w)
+      x = jnp.einsum('bn,bnd->bd', w.astype(x.dtype), x)
+    else:
+      x = x[:, 0]
+    self.sow('intermediates', 'pre_logits', x)
+    return nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name='fc')(x)

@@ -1,0 +1,32 @@
+"""compact-flax: Compact Transformers (CCT, CVT, ViT-Lite) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name='compact-flax',
+    version='0.1.0',
+    description='Compact Transformers (CCT, CVT, ViT-Lite) in JAX/Flax, with the official '
+                'checkpoints and training recipe.',
+    long_description=open('README.md').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.10',
+    packages=find_packages(include=['compact_flax', 'compact_flax.*']),
+    package_data={'compact_flax': ['data/*.csv.gz']},
+    py_modules=['train_main', 'convert_torch_weights'],
+    install_requires=[
+        'absl-py',
+        'flax>=0.10',
+        'jax>=0.5',
+        'ml-collections',
+        'numpy',
+        'optax',
+        'orbax-checkpoint',
+        'tensorboardX',
+    ],
+    extras_require={
+        # PyTorch only reads .pth files; install your own build first to avoid a CUDA download.
+        'convert': ['torch>=2.0'],
+        'test': ['chex', 'pytest'],
+    },
+    license='Apache-2.0',
+)
