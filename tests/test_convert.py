@@ -11,6 +11,7 @@ import pytest
 
 import compact_flax
 from compact_flax import convert
+from compact_flax import merge
 
 torch = pytest.importorskip('torch')
 NAMES = ['cct_2_3x2_32', 'cct_7_3x1_32_sine', 'cvt_2_4_32', 'vit_2_4_32']
@@ -65,7 +66,7 @@ def test_resize_matches_torch_interpolate():
     grid = torch.from_numpy(pe[0, prefix:]).reshape(1, g, g, 5).permute(0, 3, 1, 2)
     ref = F.interpolate(grid, size=new, mode='bilinear', align_corners=False)
     ref = ref.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], 5).numpy()
-    out = convert.resize_positional_embedding(pe, new, num_prefix=prefix)
+    out = merge.resize_positional_embedding(pe, new, num_prefix=prefix)
     np.testing.assert_array_equal(out[:, :prefix], pe[:, :prefix])
     np.testing.assert_allclose(out[:, prefix:], ref, atol=1e-6)
 

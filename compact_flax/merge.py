@@ -1,0 +1,115 @@
+"""Strict loading of weights into a model, shared by the converter and `init_from`.
+
+The one place that resizes a learnable positional embedding to a new resolution, drops a table the
+model regenerates (sine), re-initialises a head for a new class count, and names whatever is
+missing, extra or mis-shaped. Nothing is loaded partially.
+"""
+
+import logging
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PE_PATH = 'classifier/positional_emb'
+HEAD_PATHS = ('classifier/fc/kernel', 'classifier/fc/bias')
+
+
+class CheckpointError(ValueError):
+  """Weights that cannot be loaded into the requested model; the message says why."""
+
+
+def image_shape(model) -> Tuple[int, int, int]:
+  h, w = (model.img_size,) * 2 if isinstance(model.img_size, int) else model.img_size
+  return h, w, model.n_input_channels
+
+
+def init_variables(model, seed: int = 0, *, abstract: bool = False):
+  """The model's initial variables (or their shapes) for a batch of one image."""
+  init = lambda: model.init(jax.random.key(seed), jnp.zeros((1,) + image_shape(model)))
+  return jax.eval_shape(init) if abstract else jax.jit(init)()
+
+
+def resize_positional_embedding(pe: np.ndarray, grid: Tuple[int, int], num_prefix: int = 0):
+  """The official loader's resize: the token grid bilinearly, align_corners=False, no antialias.
+
+  `pe` is (1, prefix + g*g, dim) with a square grid; `num_prefix` tokens (ViT-Lite's class token)
+  are kept aside. Returns (1, prefix + rows*cols, dim).
+  """
+  prefix, tokens = pe[:, :num_prefix], pe[0, num_prefix:]
+  g = int(round(np.sqrt(tokens.shape[0])))
+  if g * g != tokens.shape[0]:
+    raise CheckpointError(f'Cannot resize a positional embedding of {tokens.shape[0]} tokens: '
+                          'not a square grid.')
+
+  def weights(n_in, n_out):  # PyTorch's upsample_bilinear2d rule (float32 indices), as a matrix
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = np.maximum(scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5),
+                     np.float32(0))
+    i0 = np.minimum(src.astype(int), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = (src - i0.astype(np.float32)).astype(np.float64)
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), i0), 1 - lam)
+    np.add.at(m, (np.arange(n_out), i1), lam)
+    return m
+
+  grid_pe = tokens.reshape(g, g, -1).astype(np.float64)
+  out = np.einsum('rh,hwd,cw->rcd', weights(g, grid[0]), grid_pe, weights(g, grid[1]))
+  out = out.reshape(1, grid[0] * grid[1], -1).astype(pe.dtype)
+  return np.concatenate([prefix, out], axis=1)
+
+
+def merge_params(model, loaded: Mapping[str, Any], *, new_head: bool = False, seed: int = 0,
+                 names: Optional[Mapping[str, Tuple[str, Callable]]] = None,
+                 unexpected: Sequence[str] = (), hint: str = '') -> Dict[str, Any]:
+  """Flat `{'a/b/kernel': array}` weights -> `{'params': ...}` for `model`, strictly.
+
+  `new_head` keeps the model's fresh `classifier/fc`; `names` maps a path to the source's key and a
+  function giving a shape in the source's layout, for messages; `unexpected` are source keys that
+  had no path at all.
+  """
+  loaded = dict(loaded)
+  target = flax.traverse_util.flatten_dict(init_variables(model, seed, abstract=True)['params'],
+                                           sep='/')
+  describe = lambda path: names[path][0] if names and path in names else path
+  source_shape = lambda path, shape: tuple(names[path][1](shape) if names and path in names
+                                           else shape)
+  if PE_PATH in loaded and PE_PATH not in target:
+    loaded.pop(PE_PATH)  # a sine model regenerates its table; 'none' has none
+  elif PE_PATH in loaded:
+    have, want = loaded[PE_PATH].shape, target[PE_PATH].shape
+    if have[1] != want[1] and have[2] == want[2]:
+      log.info('Resizing the positional embedding from %d to %d tokens.', have[1], want[1])
+      loaded[PE_PATH] = resize_positional_embedding(np.asarray(loaded[PE_PATH]), model.grid_size(),
+                                                    num_prefix=0 if model.seq_pool else 1)
+  fresh = set(HEAD_PATHS) if new_head else set()
+  if new_head and HEAD_PATHS[1] in loaded:
+    log.warning('Checkpoint head has %d classes, model %d: classifier.fc re-initialised.',
+                loaded[HEAD_PATHS[1]].shape[0], model.num_classes)
+  for path in fresh:
+    loaded.pop(path, None)
+
+  unexpected = list(unexpected) + [describe(p) for p in loaded if p not in target]
+  mismatched = [f'{describe(p)}: checkpoint {source_shape(p, v.shape)}, model '
+                f'{source_shape(p, target[p].shape)}'
+                for p, v in loaded.items() if p in target and v.shape != target[p].shape]
+  missing = sorted(set(target) - set(loaded) - fresh)
+  if missing or unexpected or mismatched:
+    lines = [f'Cannot load these weights into the model: {hint}'.rstrip(': ')]
+    for title, items in (('Shape mismatch', mismatched), ('Missing from the checkpoint', missing),
+                         ('Not in the model', sorted(unexpected))):
+      if items:
+        more = f' ... and {len(items) - 6} more' if len(items) > 6 else ''
+        lines.append(f'{title} ({len(items)}): ' + '; '.join(items[:6]) + more)
+    raise CheckpointError('\n'.join(lines))
+
+  params = {p: jnp.asarray(loaded[p], dtype=model.param_dtype) for p in target if p in loaded}
+  if fresh:
+    init = flax.traverse_util.flatten_dict(init_variables(model, seed)['params'], sep='/')
+    params.update({p: init[p] for p in fresh})
+  return {'params': flax.traverse_util.unflatten_dict(params, sep='/')}
