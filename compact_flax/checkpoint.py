@@ -55,24 +55,49 @@ def save_model(directory: str, model_name: str, model_kwargs: Mapping[str, Any],
   return directory
 
 
+def resolve(directory: str) -> str:
+  """The checkpoint directory meant by `directory`.
+
+  A converted directory or a training step directory is itself; a training workdir means its best
+  checkpoint (else its latest); a manager directory (`WORKDIR/checkpoints/last`) its latest step.
+  """
+  directory = os.path.abspath(directory)
+  if os.path.exists(os.path.join(directory, 'model', 'metadata')):
+    return directory
+  for sub in ('checkpoints/best', 'checkpoints/last', ''):
+    root = os.path.join(directory, sub)
+    steps = [int(d) for d in os.listdir(root) if d.isdigit()] if os.path.isdir(root) else []
+    if steps:
+      return os.path.join(root, str(max(steps)))
+  raise FileNotFoundError(
+      f'{directory} is not a compact-flax checkpoint: no model/metadata inside, and no saved '
+      'steps under it. Make one with convert_torch_weights.py or train_main.py.')
+
+
 def read_spec(directory: str) -> Dict[str, Any]:
-  path = os.path.join(directory, 'model', 'metadata')
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f'{directory} is not a compact-flax model checkpoint (no model/metadata inside). Make one '
-        'with convert_torch_weights.py or point at a training workdir\'s checkpoint.')
-  with open(path) as f:
+  with open(os.path.join(resolve(directory), 'model', 'metadata')) as f:
     return json.load(f)
 
 
-def load_model(directory: str, **overrides) -> Tuple[Any, Dict[str, Any]]:
-  """(model, variables) from a directory written by `save_model`.
+def load_params(directory: str, *, use_ema: bool = False) -> Tuple[Dict[str, Any], Any]:
+  """(model spec, params) from a converted directory, a training checkpoint or a workdir."""
+  directory = resolve(directory)
+  spec = read_spec(directory)
+  item = 'variables' if os.path.isdir(os.path.join(directory, 'variables')) else 'state'
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    tree = ckptr.restore(directory, ocp.args.Composite(**{item: ocp.args.StandardRestore()}))[item]
+  if item == 'variables':
+    return spec, tree['params']
+  if use_ema and tree.get('ema_params') is None:
+    raise ValueError(f'{directory} has no EMA weights (the run had ema_decay 0).')
+  return spec, tree['ema_params' if use_ema else 'params']
+
+
+def load_model(directory: str, *, use_ema: bool = False, **overrides) -> Tuple[Any, Dict[str, Any]]:
+  """(model, variables) from a converted directory, a training checkpoint or a training workdir.
 
   `overrides` change constructor arguments that do not change parameter shapes (`dtype`,
-  `dropout`, ...); use the converter for a new resolution or class count.
+  `dropout`, ...); use the converter or `config.init_from` for a new resolution or class count.
   """
-  directory = os.path.abspath(directory)
-  spec = read_spec(directory)
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    restored = ckptr.restore(directory, ocp.args.Composite(variables=ocp.args.StandardRestore()))
-  return build_from_spec(spec, **overrides), restored['variables']
+  spec, params = load_params(directory, use_ema=use_ema)
+  return build_from_spec(spec, **overrides), {'params': params}

@@ -1,0 +1,51 @@
+"""Trains or evaluates a Compact Transformer from an ml-collections config.
+
+  python train_main.py --config=configs/digits_cct.py --workdir=/tmp/digits_cct
+  python train_main.py --config=configs/cifar10_cct7.py --workdir=DIR --config.batch_size=256
+
+Multi-host: pass --coordinator_address, --num_processes and --process_id on each host (on a TPU
+pod leave them out and JAX finds its peers). Intentionally short: the logic is in
+compact_flax/train.py.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.', required=True)
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-host runs.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (hosts) in a multi-host run.')
+flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-host run.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
+  if FLAGS.coordinator_address or FLAGS.num_processes:
+    if jax.default_backend() == 'cpu':  # CPU processes exchange gradients over gloo
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif jax.devices()[0].platform == 'tpu' and jax.process_count() == 1:
+    try:
+      jax.distributed.initialize()  # a pod: JAX's own detection
+    except Exception:  # pylint: disable=broad-except
+      pass
+  from compact_flax import train  # pylint: disable=g-import-not-at-top
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except train.TrainingError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config')
+  app.run(main)
