@@ -8,6 +8,7 @@ pod leave them out and JAX finds its peers). Intentionally short: the logic is i
 compact_flax/train.py.
 """
 
+import os
 import sys
 
 from absl import app
@@ -29,14 +30,11 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   if FLAGS.coordinator_address or FLAGS.num_processes:
-    if jax.default_backend() == 'cpu':  # CPU processes exchange gradients over gloo
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # CPU processes exchange gradients over gloo (no effect on GPU or TPU).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  elif jax.devices()[0].platform == 'tpu' and jax.process_count() == 1:
-    try:
-      jax.distributed.initialize()  # a pod: JAX's own detection
-    except Exception:  # pylint: disable=broad-except
-      pass
+  elif os.environ.get('TPU_WORKER_HOSTNAMES', 'localhost') != 'localhost':
+    jax.distributed.initialize()  # a TPU pod: JAX finds its peers itself
   from compact_flax import train  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -125,7 +125,7 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config):
   ema = state.ema_params
   if ema is not None:
     ema = optax.incremental_update(params, ema, 1.0 - config.ema_decay)
-  metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads)}
+  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                        ema_params=ema), metrics
 
@@ -217,13 +217,17 @@ class _Checkpoints:
     return self.ocp.args.Composite(state=self.ocp.args.StandardSave(state),
                                    model=self.ocp.args.JsonSave(spec))
 
+  # One asynchronous save in flight at a time: two managers finalising at once across
+  # processes trip Orbax's cross-process metadata check.
   def save(self, state, step: int):
     if self.last.latest_step() != step:
+      self.best.wait_until_finished()
       self.last.save(step, args=self._args(state))
 
   def save_if_best(self, state, step: int, metrics):
     if metrics['eval_top1'] > self.best_top1:
       self.best_top1 = metrics['eval_top1']
+      self.last.wait_until_finished()
       self.best.save(step, args=self._args(state, metrics), metrics=metrics)
 
   def restore_latest(self, abstract_state):
@@ -423,12 +427,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           t_last, images_since = now, 0
         else:
           images_since += len(values) * config.batch_size
-        rate = images_since / max(now - t_last, 1e-9) if images_since else float('nan')
+        rate = images_since / max(now - t_last, 1e-9) if images_since else None
         pending = []
-        eta = (total_steps - done) * config.batch_size / rate if rate == rate else float('nan')
+        speed = (f'{rate:8.1f} img/s ETA '
+                 f'{_fmt_time((total_steps - done) * config.batch_size / rate)}' if rate else
+                 'compiling/warming up')
         _say(f'epoch {done / steps_per_epoch:6.2f}/{config.num_epochs + config.cooldown_epochs} '
              f'step {done}/{total_steps} loss {values[-1]:.4f} lr {float(schedule(step)):.2e} '
-             f'{rate:8.1f} img/s ETA {_fmt_time(eta) if eta == eta else "?"}')
+             f'{speed}')
       if epoch_end and ((done // steps_per_epoch) % config.eval_every_epochs == 0 or final):
         record = run_eval(done, {'train_loss': float(np.mean(losses)) if losses else None,
                                  'images_per_sec': rate})
