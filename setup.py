@@ -27,6 +27,8 @@ setup(
         # PyTorch only reads .pth files; install your own build first to avoid a CUDA download.
         'convert': ['torch>=2.0'],
         'test': ['chex', 'pytest'],
+        # TFDS datasets and image folders (tf.data); the models and trainer do not need it.
+        'data': ['tensorflow-cpu', 'tensorflow-datasets'],
     },
     license='Apache-2.0',
 )

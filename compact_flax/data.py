@@ -140,8 +140,18 @@ SOURCES = {'digits': digits, 'synthetic': SyntheticSource}
 
 
 def get_source(name: str, config=None):
-  """The named source; TFDS names are handled by the TFDS pipeline when it is installed."""
+  """The named source: 'digits', 'synthetic', 'folder:/path/to/images', or any TFDS dataset."""
+  kwargs = dict(config.get('dataset_kwargs', {})) if config is not None else {}
   if name in SOURCES:
-    kwargs = dict(config.get('dataset_kwargs', {})) if config is not None else {}
     return SOURCES[name](**kwargs)
-  raise ValueError(f"Unknown dataset '{name}'; expected one of {sorted(SOURCES)}.")
+  from compact_flax import input_pipeline  # pylint: disable=g-import-not-at-top
+  if name.startswith('folder:'):
+    return input_pipeline.ImageFolderSource(name[len('folder:'):], config.aug, **kwargs)
+  try:
+    import tensorflow_datasets  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise ValueError(f"Unknown dataset '{name}'; built in: {sorted(SOURCES)}, 'folder:PATH'; TFDS "
+                     'datasets need pip install "compact-flax[data]".') from None
+  return input_pipeline.TFDSSource(name, config.aug, data_dir=config.get('data_dir') or None,
+                                   train_split=config.get('train_split') or None,
+                                   eval_split=config.get('eval_split') or None, **kwargs)

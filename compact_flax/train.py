@@ -26,6 +26,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from compact_flax import augment
 from compact_flax import checkpoint as ckpt_lib
 from compact_flax import data as data_lib
 from compact_flax import merge
@@ -96,29 +97,46 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def train_step(state: TrainState, batch, rng, *, model, tx, config):
-  """One optimizer step on a global batch: (state, batch, rng) -> (state, metrics)."""
-  rng = jax.random.fold_in(rng, state.step)
+def train_step(state: TrainState, batch, rng, *, model, tx, config, augment_on_device=False,
+               crop_on_device=False, mixup_until_step=None):
+  """One optimizer step on a global batch: (state, batch, rng) -> (state, metrics).
 
-  def loss_fn(params, images, labels, key):
+  On the device, in this order: the per-image recipe (when `augment_on_device`), Mixup/CutMix with
+  label smoothing (until `mixup_until_step`; None: always), forward, backward, AdamW.
+  """
+  rng = jax.random.fold_in(rng, state.step)
+  k_drop, k_aug, k_mix = jax.random.split(rng, 3)
+  aug = config.get('aug') or {}
+  images = batch['image']
+  if augment_on_device:
+    images = augment.train_transform(images, k_aug, aug, crop=crop_on_device)
+  enabled = True if mixup_until_step is None else state.step < mixup_until_step
+  images, targets = augment.mixup_cutmix(
+      images.astype(jnp.float32), batch['label'], k_mix, num_classes=model.num_classes,
+      smoothing=config.label_smoothing, mixup_alpha=aug.get('mixup', 0.),
+      cutmix_alpha=aug.get('cutmix', 0.), prob=aug.get('mixup_prob', 1.),
+      switch_prob=aug.get('mixup_switch_prob', .5), enabled=enabled)
+
+  def loss_fn(params, images, targets, key):
     logits = model.apply({'params': params}, images, train=True, rngs={'dropout': key})
-    return cross_entropy(logits, labels, model.num_classes, config.label_smoothing).mean()
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
 
   grad_fn = jax.value_and_grad(loss_fn)
   k = config.grad_accum_steps
   if k > 1:  # micro-batches of rows j, j+k, ...: each stays on the device that holds it
-    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((-1, k) + x.shape[1:]), 0, 1), batch)
+    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((-1, k) + x.shape[1:]), 0, 1),
+                         (images, targets))
 
     def accumulate(carry, inputs):
-      i, mb = inputs
-      loss, grads = grad_fn(state.params, mb['image'], mb['label'], jax.random.fold_in(rng, i))
+      i, (mb_images, mb_targets) = inputs
+      loss, grads = grad_fn(state.params, mb_images, mb_targets, jax.random.fold_in(k_drop, i))
       return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
     zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
     (loss, grads), _ = jax.lax.scan(accumulate, zero, (jnp.arange(k), micro))
     loss, grads = jax.tree.map(lambda x: x / k, (loss, grads))
   else:
-    loss, grads = grad_fn(state.params, batch['image'], batch['label'], rng)
+    loss, grads = grad_fn(state.params, images, targets, k_drop)
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -340,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                         'devices.')
   try:
     source = data_lib.get_source(config.dataset, config)
-  except ValueError as e:
+  except (ValueError, ImportError) as e:
     raise TrainingError(str(e)) from None
   model, model_kwargs = build_model(config, source)
   spec = ckpt_lib.model_spec(config.model, {k: v for k, v in model_kwargs.items()})
@@ -395,7 +413,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     checkpoints.close()
     return record
 
-  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, config=config),
+  aug = config.get('aug') or {}
+  mixup_off = aug.get('mixup_off_epoch', 0)  # timm: 0 means never off
+  step_fn = jax.jit(functools.partial(
+      train_step, model=model, tx=tx, config=config,
+      augment_on_device=getattr(source, 'device_transform', False),
+      crop_on_device=getattr(source, 'crop_on_device', False),
+      mixup_until_step=mixup_off * steps_per_epoch if mixup_off else None),
                     in_shardings=(state_sharding, batch_sharding, replicated),
                     out_shardings=(state_sharding, replicated), donate_argnums=0)
   rng = jax.random.key(config.seed)

@@ -9,8 +9,11 @@ def get_config():
   c.model = 'cct_7_3x1_32'          # a registered name: compact_flax.list_models()
   c.model_kwargs = ml_collections.ConfigDict()  # constructor overrides, e.g. img_size
   c.dtype = 'float32'               # compute dtype: 'float32' or 'bfloat16' (params stay float32)
-  c.dataset = 'cifar10'
+  c.dataset = 'cifar10'             # TFDS name, 'digits', 'synthetic' or 'folder:/path'
   c.dataset_kwargs = ml_collections.ConfigDict()
+  c.data_dir = ''                   # TFDS data_dir; '' = TFDS's default
+  c.train_split = ''                # '' = the dataset's usual one
+  c.eval_split = ''
   c.seed = 0
 
   c.num_epochs = 300
@@ -30,6 +33,28 @@ def get_config():
   c.grad_clip_norm = 0.0            # 0: off
   c.label_smoothing = 0.1
   c.ema_decay = 0.0                 # 0: no EMA; else e.g. 0.9998, evaluated alongside
+
+  # The per-image recipe and Mixup/CutMix, named as in the official yml (timm's train.py flags).
+  c.aug = ml_collections.ConfigDict()
+  c.aug.img_size = 32
+  c.aug.mean = (0.4914, 0.4822, 0.4465)
+  c.aug.std = (0.2470, 0.2435, 0.2616)
+  c.aug.crop_pct = 1.0              # eval: resize to img_size / crop_pct, centre crop
+  c.aug.interpolation = 'bicubic'   # eval resize
+  c.aug.scale = (0.8, 1.0)          # random-resized-crop area fraction
+  c.aug.ratio = (3 / 4, 4 / 3)      # random-resized-crop aspect ratio (timm default)
+  c.aug.train_interpolation = 'random'  # bilinear or bicubic per image
+  c.aug.hflip = 0.5
+  c.aug.auto_augment = 'rand-m9-mstd0.5-inc1'  # timm RandAugment; '' = none
+  c.aug.reprob = 0.0                # random erasing probability
+  c.aug.remode = 'pixel'
+  c.aug.mixup = 0.8                 # Beta alpha; 0 = off
+  c.aug.cutmix = 1.0                # Beta alpha; 0 = off
+  c.aug.mixup_prob = 1.0
+  c.aug.mixup_switch_prob = 0.5
+  c.aug.mixup_mode = 'batch'
+  c.aug.mixup_off_epoch = 0         # 0 = never off (timm)
+  c.aug.on_device = False           # RandAugment, erasing (and fixed-size crops) in the jitted step
 
   c.log_every_steps = 50
   c.eval_every_epochs = 1

@@ -23,6 +23,8 @@ def get_config():
   c.learning_rate = 2e-3
   c.warmup_epochs = 3
   c.weight_decay = 0.05
+  c.aug.mixup = 0.0
+  c.aug.cutmix = 0.0
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2

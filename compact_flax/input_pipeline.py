@@ -1,0 +1,263 @@
+"""tf.data pipelines: TFDS datasets by name and image folders (one sub-folder per class).
+
+Host side (tf.data): decode, random-resized crop and flip (timm's parameters) or the eval resize
+and centre crop. The rest of the per-image recipe (RandAugment, normalisation, random erasing, in
+`augment.py`) runs as jit-compiled JAX either on the host CPU (`aug.on_device=False`) or inside the
+train step on the accelerator (`aug.on_device=True`; for fixed-size datasets such as CIFAR the crop
+and flip move there too). The order is a pure function of (seed, epoch): a resumed run sees the same
+batches, and each process reads its own shard.
+"""
+
+import logging
+import math
+import os
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from compact_flax import augment
+from compact_flax import data as data_lib
+
+log = logging.getLogger(__name__)
+
+# Datasets the official configs train on: TFDS name, train split, eval split.
+KNOWN = {
+    'cifar10': ('cifar10', 'train', 'test'),
+    'cifar100': ('cifar100', 'train', 'test'),
+    'flowers102': ('oxford_flowers102', 'train', 'validation'),
+    'oxford_flowers102': ('oxford_flowers102', 'train', 'validation'),
+    'imagenet': ('imagenet2012', 'train', 'validation'),
+    'imagenet2012': ('imagenet2012', 'train', 'validation'),
+}
+
+
+def _tf():
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError('TFDS datasets and image folders need TensorFlow: pip install '
+                      '"compact-flax[data]".') from e
+  tf.config.set_visible_devices([], 'GPU')  # keep the accelerator for JAX
+  return tf
+
+
+def _size(aug):
+  return tuple(aug.img_size) if isinstance(aug.img_size, (tuple, list)) else (aug.img_size,) * 2
+
+
+def tf_random_resized_crop(image, seed, aug):
+  """timm's RandomResizedCrop (10 tries, then a centre crop) with stateless TF randomness."""
+  tf = _tf()
+  shape = tf.shape(image)
+  height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  seeds = tf.random.experimental.stateless_split(seed, 6)
+  target = height * width * tf.random.stateless_uniform([10], seeds[0], aug.scale[0], aug.scale[1])
+  log_r = (math.log(aug.ratio[0]), math.log(aug.ratio[1]))
+  aspect = tf.exp(tf.random.stateless_uniform([10], seeds[1], log_r[0], log_r[1]))
+  w, h = tf.round(tf.sqrt(target * aspect)), tf.round(tf.sqrt(target / aspect))
+  ok = (w <= width) & (h <= height) & (w > 0) & (h > 0)
+  first = tf.argmax(tf.cast(ok, tf.int32))
+  in_ratio = width / height
+  fw = tf.where(in_ratio < aug.ratio[0], width,
+                tf.where(in_ratio > aug.ratio[1], tf.round(height * aug.ratio[1]), width))
+  fh = tf.where(in_ratio < aug.ratio[0], tf.round(width / aug.ratio[0]), height)
+  any_ok = tf.reduce_any(ok)
+  h = tf.where(any_ok, tf.gather(h, first), fh)
+  w = tf.where(any_ok, tf.gather(w, first), fw)
+  u = tf.random.stateless_uniform([2], seeds[2])
+  top = tf.where(any_ok, tf.floor(u[0] * (height - h + 1)), tf.floor((height - fh) / 2))
+  left = tf.where(any_ok, tf.floor(u[1] * (width - w + 1)), tf.floor((width - fw) / 2))
+  crop = image[tf.cast(top, tf.int32):tf.cast(top + h, tf.int32),
+               tf.cast(left, tf.int32):tf.cast(left + w, tf.int32)]
+  size = _size(aug)
+  resize = lambda m: tf.image.resize(tf.cast(crop, tf.float32), size, method=m, antialias=True)
+  if aug.train_interpolation == 'random':
+    coin = tf.random.stateless_uniform([], seeds[3]) < 0.5
+    out = tf.cond(coin, lambda: resize('bilinear'), lambda: resize('bicubic'))
+  else:
+    out = resize(aug.train_interpolation)
+  out = tf.clip_by_value(tf.round(out), 0, 255)
+  flip = tf.random.stateless_uniform([], seeds[4]) < aug.hflip
+  return tf.cast(tf.cond(flip, lambda: out[:, ::-1], lambda: out), tf.uint8)
+
+
+def tf_eval_transform(image, aug):
+  """Resize the shorter side to img_size / crop_pct, centre-crop img_size, normalise."""
+  tf = _tf()
+  size = _size(aug)
+  scale = math.floor(max(size) / aug.crop_pct)
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  ratio = scale / tf.reduce_min(shape)
+  new = tf.cast(tf.round(shape * ratio), tf.int32)
+  img = tf.image.resize(tf.cast(image, tf.float32), new, method=aug.interpolation, antialias=True)
+  top, left = (new[0] - size[0]) // 2, (new[1] - size[1]) // 2
+  img = tf.clip_by_value(tf.round(img[top:top + size[0], left:left + size[1]]), 0, 255)
+  return (img / 255. - np.asarray(aug.mean, np.float32)) / np.asarray(aug.std, np.float32)
+
+
+class TFDataSource:
+  """Common batching for TFDS splits and image folders; subclasses give `_dataset(split)`."""
+
+  def __init__(self, name, aug, num_classes, class_names, num_train, num_eval, fixed_size):
+    self.name, self.aug = name, aug
+    self.num_classes, self.class_names = num_classes, list(class_names)
+    self.num_train, self.num_eval = num_train, num_eval
+    self.image_shape = _size(aug) + (3,)
+    # What the train step must still do to each image (None: nothing).
+    self.crop_on_device = bool(aug.on_device and fixed_size)
+    self.device_transform = bool(aug.on_device)
+    if not aug.on_device:
+      cpu = jax.devices('cpu')[0]
+      fn = jax.jit(lambda x, k: augment.train_transform(x, k, aug, crop=False))
+      self._host_transform = lambda x, k: np.asarray(fn(jax.device_put(x, cpu),
+                                                        jax.device_put(k, cpu)))
+
+  def _dataset(self, train: bool, seed: int):
+    raise NotImplementedError
+
+  def train_batches(self, start_step, *, batch_size, seed, sharding) -> Iterator:
+    tf = _tf()
+    local = batch_size // jax.process_count()
+    data_lib.local_rows(batch_size)
+    steps_per_epoch = self.num_train // batch_size
+    epoch, offset = divmod(start_step, steps_per_epoch)
+    while True:
+      epoch_seed = seed * 1_000_003 + epoch
+      ds = self._dataset(True, epoch_seed).repeat()
+
+      def prep(i, ex, epoch_seed=epoch_seed):
+        img = ex['image']
+        if not self.crop_on_device:
+          img = tf_random_resized_crop(img, tf.stack([tf.cast(epoch_seed, tf.int64), i]), self.aug)
+        return {'image': img, 'label': tf.cast(ex['label'], tf.int32)}
+
+      ds = ds.enumerate().map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      ds = ds.batch(local, drop_remainder=True).take(steps_per_epoch).skip(offset)
+      ds = ds.prefetch(tf.data.AUTOTUNE)
+      for step, batch in enumerate(ds.as_numpy_iterator(), start=epoch * steps_per_epoch + offset):
+        if not self.aug.on_device:
+          key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step),
+                                   jax.process_index())
+          batch['image'] = self._host_transform(batch['image'], key)
+        yield data_lib.to_global(batch, sharding)
+      epoch, offset = epoch + 1, 0
+
+  def eval_batches(self, *, batch_size, sharding):
+    tf = _tf()
+    local = batch_size // jax.process_count()
+    ds = self._dataset(False, 0).map(
+        lambda ex: {'image': tf_eval_transform(ex['image'], self.aug),
+                    'label': tf.cast(ex['label'], tf.int32), 'mask': True},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Pad to whole global batches so every process runs the same number of steps.
+    per_process = -(-self.num_eval // jax.process_count())
+    padded = -(-per_process // local) * local
+    pad = ds.take(1).map(lambda ex: {**ex, 'mask': False}).repeat()
+    ds = ds.concatenate(pad).take(padded).batch(local).prefetch(tf.data.AUTOTUNE)
+    for batch in ds.as_numpy_iterator():
+      yield data_lib.to_global(batch, sharding)
+
+
+class TFDSSource(TFDataSource):
+  """A TFDS image-classification dataset by name; each process reads its own shard."""
+
+  def __init__(self, name, aug, *, data_dir=None, train_split=None, eval_split=None,
+               download=True):
+    _tf()
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds_name, default_train, default_eval = KNOWN.get(name, (name, 'train', 'test'))
+    self.tfds, self.train_split = tfds, train_split or default_train
+    self.eval_split = eval_split or default_eval
+    try:
+      self.builder = tfds.builder(tfds_name, data_dir=data_dir)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"Unknown dataset '{name}': not a compact-flax source "
+                       f"({sorted(data_lib.SOURCES)}) nor a TFDS dataset ({e}).") from None
+    if not self.builder.is_prepared():
+      hint = (f'Prepare it where there is network access with `tfds build {tfds_name} '
+              f'--data_dir=DIR` (ImageNet needs its archives placed in DIR/downloads/manual '
+              'first), then pass --config.data_dir=DIR.')
+      if not download:
+        raise ValueError(f"TFDS dataset '{tfds_name}' is not prepared in "
+                         f'{self.builder.data_dir}. {hint}')
+      try:
+        self.builder.download_and_prepare()
+      except Exception as e:  # pylint: disable=broad-except
+        raise ValueError(f"TFDS dataset '{tfds_name}' is not prepared in "
+                         f'{self.builder.data_dir} and could not be downloaded '
+                         f'({type(e).__name__}). {hint}') from None
+    info = self.builder.info
+    labels = info.features['label']
+    shape = info.features['image'].shape
+    fixed = shape[0] is not None and tuple(shape[:2]) == _size(aug)
+    super().__init__(name, aug, labels.num_classes, labels.names, self._count(self.train_split),
+                     self._count(self.eval_split), fixed)
+
+  def _count(self, split):
+    splits = self.builder.info.splits
+    if splits:
+      if split not in splits:
+        raise ValueError(f"'{self.builder.name}' has no split '{split}'; it has {sorted(splits)}.")
+      return splits[split].num_examples
+    # No split metadata (e.g. under tfds.testing.mock_data): count once.
+    return int(self.builder.as_dataset(split=split).reduce(0, lambda n, _: n + 1))
+
+  def _dataset(self, train, seed):
+    tfds, tf = self.tfds, _tf()
+    split = tfds.split_for_jax_process(self.train_split if train else self.eval_split)
+    read = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=16 if train else 1)
+    ds = self.builder.as_dataset(split=split, shuffle_files=train, read_config=read,
+                                 decoders=None)
+    options = tf.data.Options()
+    options.deterministic = True
+    ds = ds.with_options(options)
+    if train:
+      ds = ds.shuffle(min(self.num_train, 50_000), seed=seed, reshuffle_each_iteration=False)
+    return ds
+
+
+class ImageFolderSource(TFDataSource):
+  """`root/train/<class>/*.jpg` and `root/<eval_split>/<class>/*` (JPEG, PNG, GIF, BMP).
+
+  Files that do not decode are skipped, counted and logged once, at start-up.
+  """
+
+  def __init__(self, root, aug, *, train_split='train', eval_split='val'):
+    tf = _tf()
+    if not os.path.isdir(os.path.join(root, train_split)):
+      raise ValueError(f'Image folder {root} has no {train_split}/ sub-folder; lay it out as '
+                       f'{root}/{train_split}/<class>/<image> and {root}/{eval_split}/<class>/...')
+    classes = sorted(d for d in os.listdir(os.path.join(root, train_split))
+                     if os.path.isdir(os.path.join(root, train_split, d)))
+    self.files, self.skipped = {}, {}
+    for split in (train_split, eval_split):
+      pairs, bad = [], []
+      for label, cls in enumerate(classes):
+        folder = os.path.join(root, split, cls)
+        for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+          path = os.path.join(folder, f)
+          try:
+            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            pairs.append((path, label))
+          except Exception:  # pylint: disable=broad-except
+            bad.append(path)
+      if bad:
+        log.warning('%s/%s: skipped %d file(s) that do not decode, e.g. %s', root, split,
+                    len(bad), bad[0])
+      self.files[split], self.skipped[split] = pairs, bad
+    self.splits = (train_split, eval_split)
+    super().__init__(os.path.basename(root.rstrip('/')), aug, len(classes), classes,
+                     len(self.files[train_split]), len(self.files[eval_split]), False)
+
+  def _dataset(self, train, seed):
+    tf = _tf()
+    pairs = self.files[self.splits[0] if train else self.splits[1]]
+    pairs = pairs[jax.process_index()::jax.process_count()]
+    paths, labels = [p for p, _ in pairs], [l for _, l in pairs]
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if train:
+      ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=False)
+    decode = lambda p, l: {'image': tf.io.decode_image(tf.io.read_file(p), channels=3,
+                                                       expand_animations=False), 'label': l}
+    return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

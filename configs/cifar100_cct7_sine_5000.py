@@ -1,0 +1,13 @@
+"""CCT-7/3x1, sinusoidal PE, CIFAR-100, 5000 + 10 epochs.
+
+Official: configs/pretrained/cct_7-3x1_cifar100_5000epochs.yml; published 82.87% top-1.
+"""
+
+from configs import cifar100_cct7_sine_1500
+
+
+def get_config():
+  c = cifar100_cct7_sine_1500.get_config()
+  c.num_epochs = 5000
+  c.learning_rate = 5e-4
+  return c

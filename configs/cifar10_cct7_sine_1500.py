@@ -1,0 +1,17 @@
+"""CCT-7/3x1, sinusoidal PE, CIFAR-10, 1500 + 10 epochs.
+
+Official: configs/pretrained/cct_7-3x1_cifar10_1500epochs.yml; published 97.48% top-1.
+"""
+
+from configs import cifar10_cct7
+
+
+def get_config():
+  c = cifar10_cct7.get_config()
+  c.model = 'cct_7_3x1_32_sine'
+  c.num_epochs = 1500
+  c.learning_rate = 5e-4
+  c.weight_decay = 5e-2
+  c.aug.mixup_off_epoch = 0
+  c.aug.reprob = 0.25
+  return c
