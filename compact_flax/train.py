@@ -219,11 +219,14 @@ class _Checkpoints:
     handlers = dict(state=ocp.StandardCheckpointHandler(), model=ocp.JsonCheckpointHandler())
     self.last = ocp.CheckpointManager(
         os.path.join(root, 'last'), item_handlers=handlers,
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=config.keep_checkpoints, create=True,
+            enable_async_checkpointing=config.get('checkpoint_async', True)))
     self.best = ocp.CheckpointManager(
         os.path.join(root, 'best'), item_handlers=dict(handlers),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, best_fn=lambda m: m[
-            'eval_top1'], best_mode='max'))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, best_fn=lambda m: m['eval_top1'], best_mode='max',
+            enable_async_checkpointing=config.get('checkpoint_async', True)))
     self.best_top1 = -1.0
     if self.best.latest_step() is not None:
       stored = self.best.restore(self.best.latest_step(), args=ocp.args.Composite(

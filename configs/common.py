@@ -60,6 +60,7 @@ def get_config():
   c.eval_every_epochs = 1
   c.checkpoint_every_steps = 1000   # and at the end of every epoch
   c.keep_checkpoints = 3
+  c.checkpoint_async = True         # write in the background while training goes on
   c.init_from = ''                  # converted or trained checkpoint directory to start from
   c.eval_only = False
   return c
