@@ -1,0 +1,192 @@
+"""Training throughput of the full jitted step, optionally beside the PyTorch CCT in the same run.
+
+  python benchmarks/train_throughput.py --model cct_2_3x2_32 --batch_size 128 --peer
+  python benchmarks/train_throughput.py --model cct_7_3x1_32 --batch_size 1024 --dtype bfloat16 --peer
+
+Ours: `compact_flax.train.train_step` (forward, backward, AdamW with timm's decay mask, label
+smoothing 0.1; mixup off, as the peer has none) jitted over a mesh of every device JAX sees, on
+synthetic device-resident data, timed after compilation and warm-up. The peer (`--peer`): the CCT
+of the `vit-pytorch` package (the authors' port), loaded from its `cct.py` by path, with the same
+architecture, batch, optimizer and loss; AMP autocast on GPU when --dtype is bfloat16; eager and
+`torch.compile`d. No TensorFlow is imported. The last line printed is one JSON object.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import compact_flax  # pylint: disable=g-import-not-at-top
+from compact_flax import merge
+from compact_flax import train
+from configs import common
+
+# Dense peak FLOP/s per chip for the MFU figure: (bfloat16, float32 via TF32 / default precision).
+PEAKS = {'H100': (989e12, 495e12), 'H200': (989e12, 495e12), 'A100': (312e12, 156e12),
+         'TPU v4': (275e12, 275e12), 'TPU v5 lite': (197e12, 197e12), 'TPU v5p': (459e12, 459e12),
+         'TPU v6 lite': (918e12, 918e12)}
+
+
+def peak_flops(device, dtype):
+  for name, (bf16, f32) in PEAKS.items():
+    if name.lower() in device.device_kind.lower():
+      return bf16 if dtype == 'bfloat16' else f32
+  return None
+
+
+def bench_ours(args):
+  config = common.get_config()
+  config.model = args.model
+  config.dtype = args.dtype
+  config.batch_size = args.batch_size
+  config.aug.mixup = config.aug.cutmix = 0.0
+  model = compact_flax.create_model(args.model, dtype=train.DTYPES[args.dtype])
+  h, w, c = merge.image_shape(model)
+  devices = jax.devices()
+  mesh = Mesh(np.asarray(devices), ('data',))
+  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  tx = train.create_optimizer(config, train.create_learning_rate_schedule(config, 100))
+  state = jax.jit(lambda: train.create_train_state(config, model, tx), out_shardings=repl)()
+  state_sharding = jax.tree.map(lambda _: repl, state)
+  step = jax.jit(lambda s, b, r: train.train_step(s, b, r, model=model, tx=tx, config=config),
+                 in_shardings=(state_sharding, data, repl),
+                 out_shardings=(state_sharding, repl), donate_argnums=0)
+  make = jax.jit(lambda k: {'image': jax.random.normal(k, (args.batch_size, h, w, c)),
+                            'label': jax.random.randint(k, (args.batch_size,), 0,
+                                                        model.num_classes)}, out_shardings=data)
+  batches = [make(jax.random.key(i)) for i in range(2)]  # rotate: no cache-resident input
+  rng = jax.random.key(0)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batches[0], rng).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops_step = float(cost.get('flops', 0.0)) if cost else 0.0
+  for i in range(args.warmup):
+    state, metrics = compiled(state, batches[i % 2], rng)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+      state, metrics = compiled(state, batches[i % 2], rng)
+    jax.block_until_ready(metrics)
+    times.append((time.perf_counter() - t0) / args.steps)
+  step_s = float(np.median(times))
+  peak = peak_flops(devices[0], args.dtype)
+  tflops = flops_step / step_s / 1e12
+  return {
+      'images_per_sec': args.batch_size / step_s, 'step_time_s': step_s,
+      'step_time_spread_s': [float(min(times)), float(max(times))],
+      'flops_per_image': flops_step / args.batch_size, 'tflops_per_sec': tflops,
+      'mfu': tflops * 1e12 / (peak * len(devices)) if peak else None,
+      'compile_s': compile_s, 'devices': len(devices), 'device_kind': devices[0].device_kind,
+      'loss': float(metrics['loss']),
+  }
+
+
+def load_peer_cct():
+  spec = importlib.util.find_spec('vit_pytorch')
+  if spec is None:
+    raise SystemExit('--peer needs vit-pytorch: pip install --no-deps vit-pytorch einops '
+                     '(its __init__ wants torchvision; only cct.py is loaded, by path).')
+  path = os.path.join(spec.submodule_search_locations[0], 'cct.py')
+  module_spec = importlib.util.spec_from_file_location('vit_pytorch_cct', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
+def bench_peer(args, compiled: bool):
+  import torch  # pylint: disable=g-import-not-at-top
+  cct = load_peer_cct()
+  _, kw = compact_flax.models.model_kwargs(args.model)
+  if _ != 'cct':
+    raise SystemExit('--peer compares CCT variants only.')
+  cuda = torch.cuda.is_available()
+  dev = torch.device('cuda' if cuda else 'cpu')
+  model = cct.CCT(img_size=kw['img_size'], embedding_dim=kw['embedding_dim'],
+                  n_conv_layers=kw['n_conv_layers'], kernel_size=kw['kernel_size'],
+                  stride=kw['stride'], padding=kw['padding'], num_layers=kw['num_layers'],
+                  num_heads=kw['num_heads'], mlp_ratio=kw['mlp_ratio'],
+                  num_classes=kw['num_classes'], positional_embedding=kw['positional_embedding'])
+  model = model.to(dev).train()
+  n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+  opt = torch.optim.AdamW(model.parameters(), lr=5.5e-4, weight_decay=0.06)
+  loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+  fwd = torch.compile(model) if compiled else model
+  amp = cuda and args.dtype == 'bfloat16'
+  x = [torch.randn(args.batch_size, 3, kw['img_size'], kw['img_size'], device=dev)
+       for _ in range(2)]
+  y = torch.randint(0, kw['num_classes'], (args.batch_size,), device=dev)
+
+  def step(i):
+    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
+      loss = loss_fn(fwd(x[i % 2]), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+  sync = torch.cuda.synchronize if cuda else (lambda: None)
+  t0 = time.perf_counter()
+  for i in range(args.warmup):
+    step(i)
+  sync()
+  warm_s = time.perf_counter() - t0
+  times = []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+      loss = step(i)
+    sync()
+    times.append((time.perf_counter() - t0) / args.steps)
+  step_s = float(np.median(times))
+  return {'images_per_sec': args.batch_size / step_s, 'step_time_s': step_s,
+          'step_time_spread_s': [float(min(times)), float(max(times))], 'warmup_s': warm_s,
+          'params': n_params, 'amp': amp, 'torch': torch.__version__,
+          'threads': torch.get_num_threads(), 'loss': float(loss)}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--model', default='cct_2_3x2_32')
+  parser.add_argument('--batch_size', type=int, default=128)
+  parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  parser.add_argument('--steps', type=int, default=20, help='timed steps per repeat')
+  parser.add_argument('--repeats', type=int, default=3, help='the median repeat is reported')
+  parser.add_argument('--warmup', type=int, default=5)
+  parser.add_argument('--peer', action='store_true', help='also time vit-pytorch CCT')
+  parser.add_argument('--peer_modes', default='eager,compiled')
+  args = parser.parse_args()
+  result = {'model': args.model, 'batch_size': args.batch_size, 'dtype': args.dtype,
+            'jax': jax.__version__, 'python': platform.python_version(),
+            'date': time.strftime('%Y-%m-%d')}
+  ours = bench_ours(args)
+  print(f'compact-flax: {ours["images_per_sec"]:.1f} img/s, {ours["step_time_s"] * 1e3:.2f} '
+        f'ms/step, {ours["tflops_per_sec"]:.3f} TFLOP/s on {ours["devices"]} x '
+        f'{ours["device_kind"]}' + (f', MFU {ours["mfu"]:.1%}' if ours['mfu'] else ''),
+        flush=True)
+  result.update(ours)
+  if args.peer:
+    for mode in args.peer_modes.split(','):
+      peer = bench_peer(args, compiled=(mode == 'compiled'))
+      result[f'peer_{mode}'] = peer
+      result[f'ratio_vs_peer_{mode}'] = ours['images_per_sec'] / peer['images_per_sec']
+      print(f'vit-pytorch CCT ({mode}): {peer["images_per_sec"]:.1f} img/s; compact-flax is '
+            f'{result[f"ratio_vs_peer_{mode}"]:.2f}x', flush=True)
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  main()
