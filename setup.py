@@ -21,6 +21,7 @@ setup(
         'numpy',
         'optax',
         'orbax-checkpoint',
+        'pillow',
         'tensorboardX',
     ],
     extras_require={

@@ -4,3 +4,4 @@ from compact_flax.models import CCT, CVT, VARIANTS, ViTLite, create_model, list_
 
 __version__ = '0.1.0'
 from compact_flax.checkpoint import load_model, save_model
+from compact_flax.zoo import PRETRAINED, load_pretrained

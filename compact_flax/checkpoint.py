@@ -8,7 +8,7 @@ and `model` (JSON: `{"model": NAME, "model_kwargs": {...}}`), so one call rebuil
 
 import json
 import os
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
@@ -17,7 +17,8 @@ import orbax.checkpoint as ocp
 from compact_flax import models
 
 
-def model_spec(model_name: str, model_kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+def model_spec(model_name: str, model_kwargs: Mapping[str, Any],
+               data: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """The JSON description stored beside the weights; dtypes are stored by name."""
   kwargs = {}
   for k, v in model_kwargs.items():
@@ -26,7 +27,10 @@ def model_spec(model_name: str, model_kwargs: Mapping[str, Any]) -> Dict[str, An
     elif isinstance(v, tuple):
       v = list(v)
     kwargs[k] = v
-  return {'model': model_name, 'model_kwargs': kwargs}
+  spec = {'model': model_name, 'model_kwargs': kwargs}
+  if data is not None:
+    spec['data'] = dict(data)
+  return spec
 
 
 def build_from_spec(spec: Mapping[str, Any], **overrides):
@@ -42,8 +46,12 @@ def build_from_spec(spec: Mapping[str, Any], **overrides):
 
 
 def save_model(directory: str, model_name: str, model_kwargs: Mapping[str, Any], variables,
-               *, force: bool = False) -> str:
-  """Writes `variables` and the model description to `directory` (Orbax, written atomically)."""
+               *, force: bool = False, data: Optional[Mapping[str, Any]] = None) -> str:
+  """Writes `variables` and the model description to `directory` (Orbax, written atomically).
+
+  `data` describes what the weights were trained on (dataset, class_names, mean, std, crop_pct,
+  interpolation), for prediction.
+  """
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and os.listdir(directory) and not force:
     raise FileExistsError(f'{directory} exists and is not empty; choose a new directory or pass '
@@ -51,7 +59,7 @@ def save_model(directory: str, model_name: str, model_kwargs: Mapping[str, Any],
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     ckptr.save(directory, ocp.args.Composite(
         variables=ocp.args.StandardSave(jax.device_get(variables)),
-        model=ocp.args.JsonSave(model_spec(model_name, model_kwargs))), force=True)
+        model=ocp.args.JsonSave(model_spec(model_name, model_kwargs, data))), force=True)
   return directory
 
 

@@ -54,6 +54,7 @@ class InMemorySource:
     self.num_classes = len(class_names)
     self.image_shape = tuple(train_images.shape[1:])
     self.num_train, self.num_eval = len(train_labels), len(eval_labels)
+    self.normalization = {}  # how pixels in [0, 1] were normalised: set by the maker
 
   def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(self.num_train)
@@ -100,8 +101,11 @@ def digits(eval_fraction: float = 0.2, split_seed: int = 0) -> InMemorySource:
   tr, ev = order[n_eval:], order[:n_eval]
   mean, std = images[tr].mean(), images[tr].std()
   norm = lambda x: ((x - mean) / std).astype(np.float32)
-  return InMemorySource('digits', norm(images[tr]), labels[tr], norm(images[ev]), labels[ev],
-                        [str(i) for i in range(10)])
+  source = InMemorySource('digits', norm(images[tr]), labels[tr], norm(images[ev]), labels[ev],
+                          [str(i) for i in range(10)])
+  source.normalization = {'mean': [float(mean)], 'std': [float(std)], 'crop_pct': 1.0,
+                          'interpolation': 'bicubic'}
+  return source
 
 
 class SyntheticSource:

@@ -104,6 +104,8 @@ class TFDataSource:
     self.num_classes, self.class_names = num_classes, list(class_names)
     self.num_train, self.num_eval = num_train, num_eval
     self.image_shape = _size(aug) + (3,)
+    self.normalization = {'mean': list(aug.mean), 'std': list(aug.std),
+                          'crop_pct': aug.crop_pct, 'interpolation': aug.interpolation}
     # What the train step must still do to each image (None: nothing).
     self.crop_on_device = bool(aug.on_device and fixed_size)
     self.device_transform = bool(aug.on_device)

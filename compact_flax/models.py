@@ -164,7 +164,11 @@ def model_kwargs(name: str, **overrides) -> Tuple[str, Dict[str, Any]]:
   return family, {**kwargs, **overrides}
 
 
-def create_model(name: str, **overrides) -> nn.Module:
-  """Builds a registered variant, e.g. `create_model('cct_7_3x1_32', num_classes=100)`."""
-  family, kwargs = model_kwargs(name, **overrides)
-  return _FAMILIES[family](**kwargs)
+def create_model(model_name: str, **overrides) -> nn.Module:
+  """Builds a registered variant, e.g. `create_model('cct_7_3x1_32', num_classes=100)`.
+
+  Flax's `name=` and `parent=` pass through, so a variant can be a named submodule.
+  """
+  module_kw = {k: overrides.pop(k) for k in ('name', 'parent') if k in overrides}
+  family, kwargs = model_kwargs(model_name, **overrides)
+  return _FAMILIES[family](**kwargs, **module_kw)

@@ -262,11 +262,11 @@ class _Checkpoints:
     except Exception as e:  # pylint: disable=broad-except
       raise TrainingError(f'Cannot read the checkpoint at {where} ({type(e).__name__}: {e}); move '
                           'it away to resume from the one before, or use a new --workdir.') from None
-    ignore = lambda s: {**s, 'model_kwargs': {k: v for k, v in s['model_kwargs'].items()
-                                              if k != 'dtype'}}
+    ignore = lambda s: (s['model'], {k: v for k, v in s['model_kwargs'].items() if k != 'dtype'})
     if ignore(stored) != ignore(self.spec):
-      raise TrainingError(f'The workdir holds a checkpoint of {stored} but the config builds '
-                          f'{self.spec}: use a new --workdir, or the config it was trained with.')
+      raise TrainingError(f'The workdir holds a checkpoint of {ignore(stored)} but the config '
+                          f'builds {ignore(self.spec)}: use a new --workdir, or the config it was '
+                          'trained with.')
     try:
       return self.last.restore(step, args=self.ocp.args.Composite(
           state=self.ocp.args.StandardRestore(abstract_state)))['state']
@@ -364,7 +364,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   except (ValueError, ImportError) as e:
     raise TrainingError(str(e)) from None
   model, model_kwargs = build_model(config, source)
-  spec = ckpt_lib.model_spec(config.model, {k: v for k, v in model_kwargs.items()})
+  spec = ckpt_lib.model_spec(config.model, model_kwargs, data={
+      'dataset': source.name, 'class_names': list(source.class_names),
+      **getattr(source, 'normalization', {})})
 
   mesh = Mesh(np.asarray(devices), ('data',))
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
@@ -483,3 +485,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   writer.close()
   _say(f'Done: {total_steps} steps in {_fmt_time(time.time() - t_start)}.')
   return record
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str,
+                        workdir: Optional[str] = None) -> Dict[str, Any]:
+  """Top-1, top-5, loss and images/s of `checkpoint` on the config's eval split and transform."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.init_from, config.eval_only = checkpoint, True
+  with tempfile.TemporaryDirectory() as tmp:
+    return train_and_evaluate(config, workdir or tmp)

@@ -55,6 +55,7 @@ class Attention(nn.Module):
     q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, head_dim), 2, 0)
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * head_dim**-0.5
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    self.sow('intermediates', 'attention_weights', probs)  # (batch, heads, query, key)
     probs = nn.Dropout(self.attention_dropout, name='attn_drop')(probs, deterministic=not train)
     x = jnp.einsum('bhqk,bkhd->bqhd', probs, v).reshape(b, n, c)
     x = dense(c, 'proj')(x)

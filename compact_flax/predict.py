@@ -1,0 +1,111 @@
+"""Top-5 labels for image files from a trained, converted or official checkpoint.
+
+  python -m compact_flax.predict --checkpoint DIR photo1.jpg photo2.png
+  python -m compact_flax.predict --model cct_7_3x1_32 --pretrained [--source FILE.pth] photo.jpg
+
+Images of any size are resized with the checkpoint's eval transform (shorter side to
+img_size / crop_pct, bicubic, centre crop, the training normalisation). Class names are those of
+the dataset the checkpoint was trained on. An unreadable file is reported and the rest predicted.
+"""
+
+import argparse
+import sys
+from typing import Any, Dict, List, Sequence, Tuple
+
+import jax
+import numpy as np
+
+
+def eval_spec(spec: Dict[str, Any], model) -> Dict[str, Any]:
+  """The spec's `data` block, filled in from the zoo's defaults where a checkpoint lacks it."""
+  from compact_flax import zoo  # pylint: disable=g-import-not-at-top
+  data = dict(spec.get('data') or {})
+  default = zoo.data_spec(data.get('dataset') or ('cifar10' if model.img_size == 32 else
+                                                  'imagenet2012'), model.num_classes)
+  for k, v in default.items():
+    data.setdefault(k, v)
+  if len(data['class_names']) != model.num_classes:
+    data['class_names'] = [f'class {i}' for i in range(model.num_classes)]
+  return data
+
+
+def preprocess(path: str, model, data: Dict[str, Any]) -> np.ndarray:
+  """An image file -> (H, W, C) float32 as the model was evaluated in training."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h, w = (model.img_size,) * 2 if isinstance(model.img_size, int) else model.img_size
+  with Image.open(path) as img:
+    img = img.convert('L' if model.n_input_channels == 1 else 'RGB')
+    scale = int(max(h, w) / data['crop_pct']) / min(img.size)
+    size = (max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale)))
+    method = {'bicubic': Image.BICUBIC, 'bilinear': Image.BILINEAR}[data['interpolation']]
+    img = img.resize(size, method)
+    left, top = (size[0] - w) // 2, (size[1] - h) // 2
+    img = img.crop((left, top, left + w, top + h))
+    x = np.asarray(img, np.float32).reshape(h, w, -1) / 255.
+  return ((x - np.asarray(data['mean'], np.float32)) / np.asarray(data['std'], np.float32))
+
+
+def predict_files(model, variables, data, paths: Sequence[str], top_k: int = 5
+                  ) -> Tuple[List[Tuple[str, List[Tuple[str, float]]]], List[Tuple[str, str]]]:
+  """([(path, [(class name, probability)] * top_k)], [(path, error)]) for image files."""
+  images, ok, failed = [], [], []
+  for path in paths:
+    try:
+      images.append(preprocess(path, model, data))
+      ok.append(path)
+    except Exception as e:  # pylint: disable=broad-except
+      failed.append((path, f'{type(e).__name__}: {e}'))
+  results = []
+  if images:
+    probs = np.asarray(jax.nn.softmax(jax.jit(model.apply)(variables, np.stack(images))
+                                      .astype(np.float32)))
+    names = data['class_names']
+    for path, p in zip(ok, probs):
+      top = np.argsort(-p)[:top_k]
+      results.append((path, [(names[i], float(p[i])) for i in top]))
+  return results, failed
+
+
+def load(args):
+  """(model, variables, data spec) from --checkpoint or --model/--pretrained."""
+  from compact_flax import checkpoint, zoo  # pylint: disable=g-import-not-at-top
+  if args.checkpoint:
+    model, variables = checkpoint.load_model(args.checkpoint)
+    spec = checkpoint.read_spec(args.checkpoint)
+  elif args.model and args.pretrained:
+    model, variables = zoo.load_pretrained(args.model, args.source)
+    spec = {}
+    try:
+      spec = checkpoint.read_spec(args.source) if args.source else {}
+    except FileNotFoundError:
+      pass
+    if not spec:
+      import glob, os  # pylint: disable=g-import-not-at-top,multiple-imports
+      cached = sorted(glob.glob(os.path.join(zoo.cache_dir(), 'converted', args.model + '-*')),
+                      key=os.path.getmtime)
+      spec = checkpoint.read_spec(cached[-1]) if cached else {}
+  else:
+    raise SystemExit('Give --checkpoint DIR, or --model NAME --pretrained.')
+  return model, variables, eval_spec(spec, model)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('images', nargs='+')
+  parser.add_argument('--checkpoint', help='converted or trained checkpoint (or a workdir)')
+  parser.add_argument('--model', help='registered name, with --pretrained')
+  parser.add_argument('--pretrained', action='store_true')
+  parser.add_argument('--source', help='local .pth, converted dir or URL for --pretrained')
+  parser.add_argument('--top_k', type=int, default=5)
+  args = parser.parse_args(argv)
+  model, variables, data = load(args)
+  results, failed = predict_files(model, variables, data, args.images, args.top_k)
+  for path, top in results:
+    print(f'{path}: ' + ', '.join(f'{name} {p:.3f}' for name, p in top))
+  for path, error in failed:
+    print(f'{path}: cannot read this image ({error})', file=sys.stderr)
+  return 1 if failed else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
