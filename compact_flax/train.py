@@ -359,6 +359,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if config.eval_batch_size % n_dev:
     raise TrainingError(f'eval_batch_size {config.eval_batch_size} does not divide over {n_dev} '
                         'devices.')
+  aug = config.get('aug') or {}
+  if aug.get('mixup_mode', 'batch') != 'batch':
+    raise TrainingError(f"aug.mixup_mode '{aug.mixup_mode}' is not implemented; the official "
+                        "recipes use 'batch'.")
   try:
     source = data_lib.get_source(config.dataset, config)
   except (ValueError, ImportError) as e:
@@ -418,7 +422,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     checkpoints.close()
     return record
 
-  aug = config.get('aug') or {}
   mixup_off = aug.get('mixup_off_epoch', 0)  # timm: 0 means never off
   step_fn = jax.jit(functools.partial(
       train_step, model=model, tx=tx, config=config,

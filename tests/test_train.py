@@ -131,6 +131,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     (('--config.batch_size=66',), 4, 'does not divide over 4 devices'),
     (('--config.model_kwargs.img_size=32',), 1, 'set config.model_kwargs.img_size'),
     (('--config.init_from=/nonexistent',), 1, 'config.init_from'),
+    (("--config.aug.mixup_mode=elem",), 1, "mixup_mode 'elem' is not implemented"),
 ])
 def test_bad_config_is_a_one_line_error(tmp_path, overrides, devices, message):
   run = _run(tmp_path, *overrides, devices=devices, check=False)
@@ -150,3 +151,67 @@ def test_mismatched_or_broken_checkpoint_in_workdir(tmp_path):
   run = _run(tmp_path, '--config.num_epochs=2', check=False)
   assert run.returncode == 1 and 'Cannot restore the checkpoint' in run.stderr, run.stderr[-2000:]
   assert (tmp_path / 'checkpoints/last/22').is_dir(), 'nothing saved is removed'
+
+
+def _quiet_model_config():
+  config = digits_cct.get_config()
+  config.model_kwargs.dropout = 0.0
+  config.model_kwargs.attention_dropout = 0.0
+  config.model_kwargs.stochastic_depth = 0.0
+  return config
+
+
+def test_gradient_accumulation_gives_the_same_update():
+  config = _quiet_model_config()
+  source = train.data_lib.get_source('digits', config)
+  model, _ = train.build_model(config, source)
+  tx = train.create_optimizer(config, train.create_learning_rate_schedule(config, 22))
+  state = train.create_train_state(config, model, tx)
+  batch = {'image': source.train_images[:64], 'label': source.train_labels[:64]}
+  outs = []
+  for k in (1, 4):
+    config.grad_accum_steps = k
+    outs.append(jax.jit(lambda s, b: train.train_step(s, b, jax.random.key(0), model=model, tx=tx,
+                                                      config=config))(state, batch))
+  np.testing.assert_allclose(outs[0][1]['loss'], outs[1][1]['loss'], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               outs[0][0].params, outs[1][0].params)
+
+
+def test_ema_is_evaluated_alongside(tmp_path):
+  config = digits_cct.get_config()
+  config.num_epochs, config.warmup_epochs, config.ema_decay = 2, 1, 0.9
+  record = train.train_and_evaluate(config, str(tmp_path))
+  for key in ('ema_eval_top1', 'ema_eval_loss', 'ema_eval_top5'):
+    assert key in record
+  assert record['ema_eval_loss'] != record['eval_loss']
+
+
+def test_synthetic_source_trains_without_tensorflow(tmp_path):
+  run = subprocess.run(
+      [sys.executable, '-c', 'import sys, builtins; real = builtins.__import__\n'
+       'def guard(name, *a, **k):\n'
+       '  assert not name.startswith("tensorflow"), name\n'
+       '  return real(name, *a, **k)\n'
+       'builtins.__import__ = guard\n'
+       'from compact_flax import train\nfrom configs import common\n'
+       'c = common.get_config(); c.model = "cct_2_3x2_32"; c.dataset = "synthetic"\n'
+       'c.dataset_kwargs.num_train = 64; c.dataset_kwargs.num_eval = 32\n'
+       'c.num_epochs, c.cooldown_epochs, c.warmup_epochs, c.batch_size = 1, 0, 0, 16\n'
+       'c.eval_batch_size = 16; c.dtype = "float32"\n'
+       f'r = train.train_and_evaluate(c, {str(tmp_path)!r}); assert r["step"] == 4, r\n'],
+      env=_env(), capture_output=True, text=True, timeout=300, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_init_from_with_another_class_count_reinitialises_the_head(tmp_path):
+  config = digits_cct.get_config()
+  config.num_epochs, config.warmup_epochs = 1, 0
+  train.train_and_evaluate(config, str(tmp_path / 'a'))
+  _, trained = compact_flax.load_model(str(tmp_path / 'a'))
+  five = compact_flax.create_model('cct_2_3x2_32', **dict(config.model_kwargs), num_classes=5)
+  config.init_from = str(tmp_path / 'a')
+  params = train._load_init_params(config, five)
+  assert params['classifier']['fc']['kernel'].shape == (128, 5)
+  np.testing.assert_array_equal(params['classifier']['norm']['scale'],
+                                trained['params']['classifier']['norm']['scale'])
