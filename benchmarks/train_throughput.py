@@ -71,7 +71,8 @@ def bench_ours(args):
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops_step = float(cost.get('flops', 0.0)) if cost else 0.0
+  # The compiled SPMD program is per device: its FLOPs are one device's share of the step.
+  flops_step = float(cost.get('flops', 0.0)) * len(devices) if cost else 0.0
   for i in range(args.warmup):
     state, metrics = compiled(state, batches[i % 2], rng)
   jax.block_until_ready(metrics)

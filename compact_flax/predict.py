@@ -9,6 +9,7 @@ the dataset the checkpoint was trained on. An unreadable file is reported and th
 """
 
 import argparse
+import os
 import sys
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -74,16 +75,9 @@ def load(args):
     spec = checkpoint.read_spec(args.checkpoint)
   elif args.model and args.pretrained:
     model, variables = zoo.load_pretrained(args.model, args.source)
-    spec = {}
-    try:
-      spec = checkpoint.read_spec(args.source) if args.source else {}
-    except FileNotFoundError:
-      pass
-    if not spec:
-      import glob, os  # pylint: disable=g-import-not-at-top,multiple-imports
-      cached = sorted(glob.glob(os.path.join(zoo.cache_dir(), 'converted', args.model + '-*')),
-                      key=os.path.getmtime)
-      spec = checkpoint.read_spec(cached[-1]) if cached else {}
+    is_dir = args.source and os.path.isdir(args.source)
+    spec = checkpoint.read_spec(args.source) if is_dir else {
+        'data': zoo.data_spec(zoo.default_dataset(args.model), model.num_classes)}
   else:
     raise SystemExit('Give --checkpoint DIR, or --model NAME --pretrained.')
   return model, variables, eval_spec(spec, model)

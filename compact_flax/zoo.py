@@ -70,6 +70,14 @@ def data_spec(dataset: str, num_classes: int) -> Dict[str, Any]:
           'std': list(std), 'crop_pct': crop_pct, 'interpolation': 'bicubic'}
 
 
+def default_dataset(name: str) -> str:
+  """The dataset `name`'s weights were trained on: the zoo's record, else by resolution (the
+  official *_32 variants are CIFAR models, the rest ImageNet-style)."""
+  if name in PRETRAINED:
+    return PRETRAINED[name][1]
+  return 'cifar10' if name.endswith('_32') or '_32_' in name else 'imagenet2012'
+
+
 def cache_dir() -> str:
   return os.environ.get('COMPACT_FLAX_CACHE',
                         os.path.join(os.path.expanduser('~'), '.cache', 'compact_flax'))
@@ -130,9 +138,7 @@ def load_pretrained(name: str, source: Optional[str] = None, *, img_size=None,
       raise ValueError(f"'{name}' has no published weights. Names that do: "
                        f'{", ".join(PRETRAINED)}; or pass source= a .pth file or URL.')
     source = BASE_URL + PRETRAINED[name][0]
-  if dataset is None:  # the official *_32 variants are CIFAR models, the rest ImageNet-style
-    dataset = PRETRAINED[name][1] if name in PRETRAINED else (
-        'cifar10' if name.endswith('_32') or '_32_' in name else 'imagenet2012')
+  dataset = dataset or default_dataset(name)
   root = cache_dir()
   if os.path.isdir(source):
     return _adapt(checkpoint.read_spec(source), checkpoint.load_params(source)[1], img_size,
