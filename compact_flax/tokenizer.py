@@ -3,6 +3,7 @@
 from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Dtype = Any
@@ -22,7 +23,6 @@ def torch_conv_bias_init(fan_in: int):
   bound = 1.0 / fan_in**0.5
 
   def init(key, shape, dtype=jnp.float32):
-    import jax
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
   return init
@@ -45,6 +45,44 @@ def max_pool(x, kernel: int, stride: int, padding: int):
       s = x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
       out = s if out is None else jnp.maximum(out, s)
   return out
+
+
+class Conv(nn.Module):
+  """A square conv with symmetric padding; parameters exactly as `nn.Conv` names them.
+
+  Convs on few input channels (the image layer) run as im2col and one 2-D matmul: on XLA's CPU
+  backend that trains 1.5-2.3x faster than its native conv (benchmarks/RESULTS.md); wider
+  convs use `lax.conv_general_dilated`.
+  """
+  features: int
+  kernel_size: int
+  stride: int
+  padding: int
+  use_bias: bool
+  bias_init: Any = nn.initializers.zeros
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k, s, p = self.kernel_size, self.stride, self.padding
+    kernel = self.param('kernel', nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'),
+                        (k, k, x.shape[-1], self.features), self.param_dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    if x.shape[-1] < 8:
+      b = x.shape[0]
+      xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+      oh, ow = (xp.shape[1] - k) // s + 1, (xp.shape[2] - k) // s + 1
+      cols = jnp.concatenate([xp[:, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s]
+                              for i in range(k) for j in range(k)], axis=-1)
+      y = (cols.reshape(b * oh * ow, -1) @ kernel.reshape(-1, self.features)).reshape(
+          b, oh, ow, self.features)
+    else:
+      y = jax.lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)),
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.use_bias:
+      y = y + self.param('bias', self.bias_init, (self.features,), self.param_dtype).astype(y.dtype)
+    return y
 
 
 class Tokenizer(nn.Module):
@@ -75,13 +113,9 @@ class Tokenizer(nn.Module):
     p, pp = self.padding, self.pooling_padding
     for i, width in enumerate(widths):
       fan_in = x.shape[-1] * self.kernel_size**2
-      x = nn.Conv(
-          width, (self.kernel_size, self.kernel_size), strides=self.stride,
-          padding=((p, p), (p, p)), use_bias=self.conv_bias,
-          kernel_init=nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'),
-          bias_init=torch_conv_bias_init(fan_in),
-          dtype=self.dtype, param_dtype=self.param_dtype,
-          name=f'conv_layers_{i}')(x)
+      x = Conv(width, self.kernel_size, self.stride, p, self.conv_bias,
+               bias_init=torch_conv_bias_init(fan_in), dtype=self.dtype,
+               param_dtype=self.param_dtype, name=f'conv_layers_{i}')(x)
       if self.activation:
         x = nn.relu(x)
       if self.max_pool:
