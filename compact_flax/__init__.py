@@ -1,7 +1,9 @@
 """Compact Transformers (CCT, CVT, ViT-Lite) in Flax."""
 
+from compact_flax.checkpoint import load_model, save_model
 from compact_flax.models import CCT, CVT, VARIANTS, ViTLite, create_model, list_models
+from compact_flax.zoo import PRETRAINED, load_pretrained
 
 __version__ = '0.1.0'
-from compact_flax.checkpoint import load_model, save_model
-from compact_flax.zoo import PRETRAINED, load_pretrained
+__all__ = ['CCT', 'CVT', 'ViTLite', 'VARIANTS', 'create_model', 'list_models', 'load_model',
+           'save_model', 'PRETRAINED', 'load_pretrained']

@@ -7,7 +7,7 @@ a normalised batch inside the train step.
 
 import math
 import re
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Tuple
 
 import jax
 import jax.numpy as jnp

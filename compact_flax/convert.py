@@ -14,7 +14,7 @@ import numpy as np
 
 from compact_flax import merge
 from compact_flax import models
-from compact_flax.merge import CheckpointError, resize_positional_embedding  # re-exported
+from compact_flax.merge import CheckpointError  # pylint: disable=unused-import  (re-exported)
 from compact_flax.transformer import sinusoidal_embedding
 
 PE_KEY = 'classifier.positional_emb'

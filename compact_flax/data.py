@@ -9,7 +9,7 @@ same batches. Each process reads only its own rows of every global batch.
 import collections
 import gzip
 import os
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,6 @@ sharded on the mesh's 'data' axis, and each process feeds its own rows.
 import functools
 import json
 import logging
-import math
 import os
 import signal
 import threading

@@ -11,7 +11,6 @@ side by side.
 import argparse
 import sys
 
-import jax
 import numpy as np
 
 from compact_flax import predict

@@ -1,7 +1,6 @@
 """TFDS and image-folder pipelines under tfds.testing.mock_data; every recipe config end to end."""
 
 import importlib
-import os
 import pathlib
 
 import jax

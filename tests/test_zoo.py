@@ -1,6 +1,5 @@
 """The pretrained zoo, prediction on image files and the sequence-pooling pictures."""
 
-import io
 import subprocess
 import sys
 import urllib.error
