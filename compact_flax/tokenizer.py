@@ -50,9 +50,9 @@ def max_pool(x, kernel: int, stride: int, padding: int):
 class Conv(nn.Module):
   """A square conv with symmetric padding; parameters exactly as `nn.Conv` names them.
 
-  Convs on few input channels (the image layer) run as im2col and one 2-D matmul: on XLA's CPU
-  backend that trains 1.5-2.3x faster than its native conv (benchmarks/RESULTS.md); wider
-  convs use `lax.conv_general_dilated`.
+  Small convs on the image (3x3 on RGB or grey: at most 27 values per patch) run as im2col and one
+  2-D matmul: on XLA's CPU backend that trains 1.5-2.3x faster than its native conv
+  (benchmarks/RESULTS.md). Other convs use `lax.conv_general_dilated`.
   """
   features: int
   kernel_size: int
@@ -69,7 +69,7 @@ class Conv(nn.Module):
     kernel = self.param('kernel', nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'),
                         (k, k, x.shape[-1], self.features), self.param_dtype)
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    if x.shape[-1] < 8:
+    if x.shape[-1] * k * k <= 27:
       b = x.shape[0]
       xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
       oh, ow = (xp.shape[1] - k) // s + 1, (xp.shape[2] - k) // s + 1

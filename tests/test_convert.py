@@ -146,3 +146,30 @@ def test_command_line_round_trip(fixtures_dir, tmp_path):
                        capture_output=True, text=True, check=False)
   assert run.returncode == 1 and 'Shape mismatch' in run.stderr
   assert not bad.exists()
+
+
+@pytest.mark.parametrize('name', ['cct_14_7x2_224', 'cct_7_3x1_32_c100', 'cct_4_3x2_32_sine'])
+def test_parity_with_the_authors_vit_pytorch_port(name):
+  """Variants and resolutions beyond the fixtures: vit-pytorch's CCT (same layer names as the
+  official code) with perturbed weights, converted and compared logit by logit."""
+  import importlib.util
+  found = importlib.util.find_spec('vit_pytorch')
+  if found is None:
+    pytest.skip('vit-pytorch not installed (pip install --no-deps vit-pytorch einops)')
+  spec = importlib.util.spec_from_file_location(
+      'vit_pytorch_cct', found.submodule_search_locations[0] + '/cct.py')
+  cct = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cct)
+  _, kw = compact_flax.models.model_kwargs(name)
+  torch.manual_seed(0)
+  peer = cct.CCT(**{k: kw[k] for k in ('img_size', 'embedding_dim', 'n_conv_layers', 'kernel_size',
+                                       'stride', 'padding', 'num_layers', 'num_heads', 'mlp_ratio',
+                                       'num_classes', 'positional_embedding')}).eval()
+  with torch.no_grad():
+    for p in peer.parameters():
+      p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(2, 3, kw['img_size'], kw['img_size'])
+    ref = peer(x).numpy()
+  sd = {k: v.numpy() for k, v in peer.state_dict().items()}
+  model, variables = convert.convert_state_dict(sd, name)
+  assert _rel(model.apply(variables, x.numpy().transpose(0, 2, 3, 1)), ref) <= 1e-5
