@@ -64,6 +64,15 @@ def resize_positional_embedding(pe: np.ndarray, grid: Tuple[int, int], num_prefi
   return np.concatenate([prefix, out], axis=1)
 
 
+def fit_params(model, params, *, seed: int = 0, hint: str = '') -> Dict[str, Any]:
+  """A Flax params tree (converted or trained) -> `{'params': ...}` for `model`: the head is
+  re-initialised when the class count differs, a learnable PE resized at a new resolution."""
+  flat = flax.traverse_util.flatten_dict(params, sep='/')
+  head = flat.get(HEAD_PATHS[1])
+  return merge_params(model, flat, seed=seed, hint=hint,
+                      new_head=head is not None and head.shape[0] != model.num_classes)
+
+
 def merge_params(model, loaded: Mapping[str, Any], *, new_head: bool = False, seed: int = 0,
                  names: Optional[Mapping[str, Tuple[str, Callable]]] = None,
                  unexpected: Sequence[str] = (), hint: str = '') -> Dict[str, Any]:

@@ -21,8 +21,8 @@ def eval_spec(spec: Dict[str, Any], model) -> Dict[str, Any]:
   """The spec's `data` block, filled in from the zoo's defaults where a checkpoint lacks it."""
   from compact_flax import zoo  # pylint: disable=g-import-not-at-top
   data = dict(spec.get('data') or {})
-  default = zoo.data_spec(data.get('dataset') or ('cifar10' if model.img_size == 32 else
-                                                  'imagenet2012'), model.num_classes)
+  default = zoo.data_spec(data.get('dataset') or zoo.default_dataset(spec.get('model', '')),
+                          model.num_classes)
   for k, v in default.items():
     data.setdefault(k, v)
   if len(data['class_names']) != model.num_classes:
@@ -71,8 +71,8 @@ def load(args):
   """(model, variables, data spec) from --checkpoint or --model/--pretrained."""
   from compact_flax import checkpoint, zoo  # pylint: disable=g-import-not-at-top
   if args.checkpoint:
-    model, variables = checkpoint.load_model(args.checkpoint)
-    spec = checkpoint.read_spec(args.checkpoint)
+    spec, params = checkpoint.load_params(args.checkpoint)
+    model, variables = checkpoint.build_from_spec(spec), {'params': params}
   elif args.model and args.pretrained:
     model, variables = zoo.load_pretrained(args.model, args.source)
     is_dir = args.source and os.path.isdir(args.source)

@@ -333,12 +333,9 @@ def _load_init_params(config, model):
     spec, params = ckpt_lib.load_params(config.init_from)
   except (FileNotFoundError, ValueError) as e:
     raise TrainingError(f'config.init_from: {e}') from None
-  flat = flax.traverse_util.flatten_dict(params, sep='/')
-  head = flat.get(merge.HEAD_PATHS[1])
-  new_head = head is not None and head.shape[0] != model.num_classes
   try:
-    return merge.merge_params(model, flat, new_head=new_head, seed=config.seed,
-                              hint=f'init_from holds {spec["model"]}')['params']
+    return merge.fit_params(model, params, seed=config.seed,
+                            hint=f'init_from holds {spec["model"]}')['params']
   except merge.CheckpointError as e:
     raise TrainingError(str(e).replace('\n', ' | ')) from None
 

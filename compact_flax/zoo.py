@@ -141,8 +141,8 @@ def load_pretrained(name: str, source: Optional[str] = None, *, img_size=None,
   dataset = dataset or default_dataset(name)
   root = cache_dir()
   if os.path.isdir(source):
-    return _adapt(checkpoint.read_spec(source), checkpoint.load_params(source)[1], img_size,
-                  num_classes, overrides)
+    spec, params = checkpoint.load_params(source)
+    return _adapt(spec, params, img_size, num_classes, overrides)
   path = source if os.path.exists(source) else download(source, os.path.join(root, 'downloads'))
   if not os.path.exists(path):
     raise FileNotFoundError(f'{source}: no such file.')
@@ -170,9 +170,4 @@ def _adapt(spec, params, img_size, num_classes, overrides):
   new = {**({'img_size': img_size} if img_size else {}),
          **({'num_classes': num_classes} if num_classes else {})}
   model = checkpoint.build_from_spec({**spec, 'model_kwargs': {**kwargs, **new}}, **overrides)
-  import flax  # pylint: disable=g-import-not-at-top
-  flat = flax.traverse_util.flatten_dict(params, sep='/')
-  head = flat.get(merge.HEAD_PATHS[1])
-  variables = merge.merge_params(model, flat, new_head=head is not None and
-                                 head.shape[0] != model.num_classes)
-  return model, variables
+  return model, merge.fit_params(model, params)
