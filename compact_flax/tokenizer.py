@@ -1,5 +1,6 @@
 """Convolutional tokenizers: CCT's conv+pool stack and the CVT/ViT-Lite patch embedding."""
 
+import functools
 from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -28,23 +29,70 @@ def torch_conv_bias_init(fan_in: int):
   return init
 
 
-def max_pool(x, kernel: int, stride: int, padding: int):
-  """Max-pooling with symmetric -inf padding, as a maximum over k*k strided slices.
-
-  Same values as `nn.max_pool`; its gradient is elementwise selects instead of XLA's
-  select-and-scatter (on 2 CPU cores: the 32x32x64 pool's forward+backward 146 -> 34 ms, the
-  CCT-2/3x2 training step about 4% faster; benchmarks/RESULTS.md).
-  """
+def _pool_windows(x, kernel: int, stride: int, padding: int):
+  """The kernel*kernel strided slices of the -inf-padded `x`, one per window offset, row-major."""
   x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
               constant_values=-jnp.inf)
-  out_h = (x.shape[1] - kernel) // stride + 1
-  out_w = (x.shape[2] - kernel) // stride + 1
-  out = None
-  for i in range(kernel):
-    for j in range(kernel):
-      s = x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
-      out = s if out is None else jnp.maximum(out, s)
-  return out
+  oh = (x.shape[1] - kernel) // stride + 1
+  ow = (x.shape[2] - kernel) // stride + 1
+  return [x[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+          for i in range(kernel) for j in range(kernel)]
+
+
+@functools.lru_cache(maxsize=None)
+def _max_pool_fn(kernel: int, stride: int, padding: int, in_hw: Tuple[int, int]):
+  """Max-pooling for one geometry, with a hand-written gradient.
+
+  Forward: a running maximum over the strided window slices that also records which window
+  offset won (int8, output-sized). Backward: each offset's winners are shifted onto a
+  stride-phase grid and the phases interleaved, so every op works on output-sized arrays.
+  XLA's own gradients of `reduce_window` (select-and-scatter) and of a chain of maxima
+  (nested selects) were the two slowest ops of the CCT-2 training step on CPU
+  (benchmarks/RESULTS.md). Ties go to the first offset, as in PyTorch.
+  """
+  k, s, p = kernel, stride, padding
+  idx_dtype = jnp.int8 if k * k < 128 else jnp.int32
+
+  def forward(x):
+    out = idx = None
+    for n, w in enumerate(_pool_windows(x, k, s, p)):
+      if out is None:
+        out, idx = w, jnp.zeros(w.shape, idx_dtype)
+      else:
+        take = w > out
+        out, idx = jnp.where(take, w, out), jnp.where(take, jnp.asarray(n, idx_dtype), idx)
+    return out, idx
+
+  @jax.custom_vjp
+  def pool(x):
+    return forward(x)[0]
+
+  def backward(idx, g):
+    b, oh, ow, c = g.shape
+    qh, qw = oh + (k - 1) // s, ow + (k - 1) // s  # phase-grid size covering every window
+    zero = jnp.zeros((), g.dtype)
+    phases = []
+    for a in range(s):
+      row = []
+      for c0 in range(s):
+        terms = [jnp.pad(jnp.where(idx == i * k + j, g, zero),
+                         ((0, 0), (i // s, qh - oh - i // s), (j // s, qw - ow - j // s), (0, 0)))
+                 for i in range(a, k, s) for j in range(c0, k, s)]
+        row.append(sum(terms[1:], terms[0]) if terms else jnp.zeros((b, qh, qw, c), g.dtype))
+      phases.append(jnp.stack(row, axis=3))
+    dx = jnp.stack(phases, axis=2).reshape(b, qh * s, qw * s, c)
+    h, w = in_hw
+    extra_h, extra_w = max(0, p + h - qh * s), max(0, p + w - qw * s)
+    dx = jnp.pad(dx, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)))
+    return (dx[:, p:p + h, p:p + w],)
+
+  pool.defvjp(forward, backward)
+  return pool
+
+
+def max_pool(x, kernel: int, stride: int, padding: int):
+  """PyTorch's `MaxPool2d(kernel, stride, padding)` on NHWC: -inf padding, floor output size."""
+  return _max_pool_fn(kernel, stride, padding, tuple(x.shape[1:3]))(x)
 
 
 class Conv(nn.Module):
@@ -86,7 +134,7 @@ class Conv(nn.Module):
 
 
 class Tokenizer(nn.Module):
-  """`n_conv_layers` x [Conv -> activation -> MaxPool], then the H x W grid flattened row-major.
+  """`n_conv_layers` x [Conv -> ReLU -> MaxPool], then the H x W grid flattened row-major.
 
   CCT uses ReLU, max-pooling and no conv bias; CVT and ViT-Lite use one patch conv
   (kernel = stride = patch) with bias and neither activation nor pooling.
@@ -116,10 +164,12 @@ class Tokenizer(nn.Module):
       x = Conv(width, self.kernel_size, self.stride, p, self.conv_bias,
                bias_init=torch_conv_bias_init(fan_in), dtype=self.dtype,
                param_dtype=self.param_dtype, name=f'conv_layers_{i}')(x)
-      if self.activation:
-        x = nn.relu(x)
+      # ReLU and max commute exactly (ReLU is monotone), and the gradients agree where ReLU's
+      # is defined, so pooling first runs ReLU on an array 4x smaller.
       if self.max_pool:
         x = max_pool(x, self.pooling_kernel_size, self.pooling_stride, pp)
+      if self.activation:
+        x = nn.relu(x)
     b, h, w, c = x.shape
     return x.reshape(b, h * w, c)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import compact_flax
+from compact_flax import tokenizer
 from compact_flax import transformer
 
 # The official trainable parameter counts (sine variants without the frozen table). A name added to
@@ -146,3 +147,44 @@ def test_nchw_input_is_a_clear_error():
   model = compact_flax.create_model('cct_2_3x2_32')
   with pytest.raises(ValueError, match='NHWC'):
     model.init(jax.random.key(0), jnp.zeros((1, 3, 32, 32)))
+
+
+@pytest.mark.parametrize('shape,k,s,p', [((2, 32, 32, 5), 3, 2, 1), ((2, 31, 30, 3), 3, 2, 1),
+                                         ((2, 17, 16, 3), 2, 2, 0), ((1, 9, 11, 2), 3, 3, 0),
+                                         ((1, 10, 10, 2), 5, 2, 2), ((1, 8, 8, 1), 3, 1, 1)])
+def test_max_pool_and_its_gradient_match_reduce_window(shape, k, s, p):
+  """The hand-written max-pool gradient equals XLA's select-and-scatter of `nn.max_pool`."""
+  x = jax.random.normal(jax.random.key(1), shape)
+  ref = lambda x: nn.max_pool(x, (k, k), (s, s), ((p, p), (p, p)))
+  ours = lambda x: tokenizer.max_pool(x, k, s, p)
+  y, vjp = jax.vjp(ours, x)
+  y_ref, vjp_ref = jax.vjp(ref, x)
+  np.testing.assert_array_equal(y, y_ref)
+  cotangent = jax.random.normal(jax.random.key(2), y.shape)
+  np.testing.assert_allclose(vjp(cotangent)[0], vjp_ref(cotangent)[0], atol=1e-6)
+  # Ties go whole to the first window offset, as in PyTorch and select-and-scatter.
+  ones = jnp.ones(shape)
+  np.testing.assert_array_equal(jax.grad(lambda x: ours(x).sum())(ones),
+                                jax.grad(lambda x: ref(x).sum())(ones))
+
+
+def test_tokenizer_relu_after_pool_gives_conv_relu_pool():
+  """The tokenizer pools before its ReLU; values and gradients equal Conv -> ReLU -> MaxPool."""
+  tok = tokenizer.Tokenizer(embedding_dim=16, kernel_size=3, stride=1, padding=1, n_conv_layers=2,
+                            in_planes=8)
+  x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
+  params = tok.init(jax.random.key(1), x)['params']
+
+  def reference(params):
+    y = x
+    for i in range(2):
+      w = params[f'conv_layers_{i}']['kernel']
+      y = jax.lax.conv_general_dilated(y, w, (1, 1), ((1, 1), (1, 1)),
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y = nn.max_pool(nn.relu(y), (3, 3), (2, 2), ((1, 1), (1, 1)))
+    return y.reshape(2, -1, 16)
+
+  np.testing.assert_allclose(tok.apply({'params': params}, x), reference(params), atol=1e-5)
+  loss = lambda f: (lambda p: jnp.sum(f(p) ** 2))
+  chex.assert_trees_all_close(jax.grad(loss(lambda p: tok.apply({'params': p}, x)))(params),
+                              jax.grad(loss(reference))(params), atol=1e-4, rtol=1e-4)
