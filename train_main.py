@@ -22,6 +22,9 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.', r
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-host runs.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (hosts) in a multi-host run.')
 flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-host run.')
+flags.DEFINE_integer('cpu_devices', 0, 'CPU-only hosts: data parallelism over this many XLA '
+                     'devices; -1: one per 8 images of the batch (about 1.5x faster for 32x32 models '
+                     'on 2 cores, see benchmarks/RESULTS.md); 0: JAX\'s default.')
 FLAGS = flags.FLAGS
 
 
@@ -29,13 +32,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
+  from compact_flax import train  # pylint: disable=g-import-not-at-top
   if FLAGS.coordinator_address or FLAGS.num_processes:
     # CPU processes exchange gradients over gloo (no effect on GPU or TPU).
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   elif os.environ.get('TPU_WORKER_HOSTNAMES', 'localhost') != 'localhost':
     jax.distributed.initialize()  # a TPU pod: JAX finds its peers itself
-  from compact_flax import train  # pylint: disable=g-import-not-at-top
+  else:
+    config = FLAGS.config
+    train.set_cpu_devices(FLAGS.cpu_devices, config.batch_size // config.grad_accum_steps,
+                          config.eval_batch_size)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.TrainingError as e:

@@ -9,6 +9,10 @@ synthetic device-resident data, timed after compilation and warm-up. The peer (`
 of the `vit-pytorch` package (the authors' port), loaded from its `cct.py` by path, with the same
 architecture, batch, optimizer and loss; AMP autocast on GPU when --dtype is bfloat16; eager and
 `torch.compile`d. No TensorFlow is imported. The last line printed is one JSON object.
+
+On a CPU host, ours runs as `train_main.py --cpu_devices=-1` does: data parallelism over XLA
+CPU devices of 8 images each (`train.cpu_device_count`; 16 at batch 128). `--cpu_devices 0` keeps
+JAX's single CPU device. The peer uses PyTorch's default threads. Accelerators are unaffected.
 """
 
 import argparse
@@ -158,27 +162,6 @@ def bench_peer(args, compiled: bool):
           'threads': torch.get_num_threads(), 'loss': float(loss)}
 
 
-def cpu_cores() -> int:
-  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-
-
-def set_cpu_devices(requested: int, batch_size: int) -> int:
-  """Sets how many XLA devices the CPU backend exposes (before JAX starts); 0 leaves JAX's default.
-
-  -1 (the default) means one device per core, when the batch divides: on CPU, data parallelism
-  over per-core devices beats XLA's intra-op threading (benchmarks/RESULTS.md). Training gets the
-  same with `JAX_NUM_CPU_DEVICES=<cores> python train_main.py ...`. Accelerators are unaffected.
-  """
-  if requested == -1:
-    if os.environ.get('JAX_NUM_CPU_DEVICES') or 'host_platform_device_count' in os.environ.get(
-        'XLA_FLAGS', ''):
-      return 0  # the user chose
-    requested = cpu_cores() if batch_size % cpu_cores() == 0 else 0
-  if requested > 0:
-    jax.config.update('jax_num_cpu_devices', requested)
-  return requested
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--model', default='cct_2_3x2_32')
@@ -190,9 +173,10 @@ def main():
   parser.add_argument('--peer', action='store_true', help='also time vit-pytorch CCT')
   parser.add_argument('--peer_modes', default='eager,compiled')
   parser.add_argument('--cpu_devices', type=int, default=-1,
-                      help='XLA CPU devices: -1 one per core (if the batch divides), 0 JAX default')
+                      help='XLA devices on a CPU host, as train_main.py --cpu_devices: -1 one per '
+                      '8 images (train.cpu_device_count), 0 JAX\'s default (one device)')
   args = parser.parse_args()
-  set_cpu_devices(args.cpu_devices, args.batch_size)
+  train.set_cpu_devices(args.cpu_devices, args.batch_size)
   result = {'model': args.model, 'batch_size': args.batch_size, 'dtype': args.dtype,
             'jax': jax.__version__, 'python': platform.python_version(),
             'date': time.strftime('%Y-%m-%d')}

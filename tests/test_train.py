@@ -170,11 +170,41 @@ def test_gradient_accumulation_gives_the_same_update():
   outs = []
   for k in (1, 4):
     config.grad_accum_steps = k
-    outs.append(jax.jit(lambda s, b: train.train_step(s, b, jax.random.key(0), model=model, tx=tx,
-                                                      config=config))(state, batch))
+    step = jax.jit(lambda s, b: train.train_step(s, b, jax.random.key(0), model=model, tx=tx,
+                                                 config=config))
+    # No loop around the convolutions: on CPU, XLA gives convs in a while body a naive kernel.
+    assert 'while' not in step.lower(state, batch).as_text()
+    outs.append(step(state, batch))
   np.testing.assert_allclose(outs[0][1]['loss'], outs[1][1]['loss'], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                outs[0][0].params, outs[1][0].params)
+
+
+@pytest.mark.parametrize('batch,eval_batch,expected', [(128, 256, 16), (64, 128, 8), (128, 100, 4),
+                                                       (4, 4, 1), (96, 96, 12)])
+def test_cpu_device_count_takes_8_images_per_device_and_divides_both_batches(
+    batch, eval_batch, expected):
+  count = train.cpu_device_count(batch, eval_batch)
+  assert count == expected
+  assert batch % count == 0 and eval_batch % count == 0
+
+
+def test_set_cpu_devices_respects_the_user_and_a_started_jax(monkeypatch):
+  jax.devices()  # JAX has started in this process: too late to change the device count
+  assert train.set_cpu_devices(-1, 128) == 0
+  monkeypatch.setenv('JAX_NUM_CPU_DEVICES', '2')
+  assert train.set_cpu_devices(4, 128) == 0
+  assert train.set_cpu_devices(0, 128) == 0
+
+
+def test_train_main_cpu_devices_flag_splits_the_host(tmp_path):
+  env = _env()
+  del env['XLA_FLAGS']
+  run = subprocess.run(_cmd(tmp_path, '--cpu_devices=-1', '--config.num_epochs=1',
+                            '--config.warmup_epochs=0'), env=env, capture_output=True, text=True,
+                       timeout=600, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert _metrics(tmp_path)[-1]['num_devices'] == 8  # digits: batch 64, eval batch 128
 
 
 def test_ema_is_evaluated_alongside(tmp_path):
