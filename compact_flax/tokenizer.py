@@ -48,7 +48,8 @@ def _max_pool_fn(kernel: int, stride: int, padding: int, in_hw: Tuple[int, int])
   stride-phase grid and the phases interleaved, so every op works on output-sized arrays.
   XLA's own gradients of `reduce_window` (select-and-scatter) and of a chain of maxima
   (nested selects) were the two slowest ops of the CCT-2 training step on CPU
-  (benchmarks/RESULTS.md). Ties go to the first offset, as in PyTorch.
+  (benchmarks/RESULTS.md). Ties go to the first offset, as in PyTorch. Being a `custom_vjp`, it
+  supports reverse-mode differentiation only (`jax.grad`, `jax.vjp`), not `jax.jvp`.
   """
   k, s, p = kernel, stride, padding
   idx_dtype = jnp.int8 if k * k < 128 else jnp.int32
@@ -72,12 +73,12 @@ def _max_pool_fn(kernel: int, stride: int, padding: int, in_hw: Tuple[int, int])
     qh, qw = oh + (k - 1) // s, ow + (k - 1) // s  # phase-grid size covering every window
     zero = jnp.zeros((), g.dtype)
     phases = []
-    for a in range(s):
+    for row_phase in range(s):
       row = []
-      for c0 in range(s):
+      for col_phase in range(s):  # the window offsets (i, j) that land on this phase
         terms = [jnp.pad(jnp.where(idx == i * k + j, g, zero),
                          ((0, 0), (i // s, qh - oh - i // s), (j // s, qw - ow - j // s), (0, 0)))
-                 for i in range(a, k, s) for j in range(c0, k, s)]
+                 for i in range(row_phase, k, s) for j in range(col_phase, k, s)]
         row.append(sum(terms[1:], terms[0]) if terms else jnp.zeros((b, qh, qw, c), g.dtype))
       phases.append(jnp.stack(row, axis=3))
     dx = jnp.stack(phases, axis=2).reshape(b, qh * s, qw * s, c)
