@@ -96,6 +96,19 @@ def max_pool(x, kernel: int, stride: int, padding: int):
   return _max_pool_fn(kernel, stride, padding, tuple(x.shape[1:3]))(x)
 
 
+def materialize_on_cpu(x):
+  """`x` unchanged, but written out once on XLA's CPU backend (elsewhere a no-op).
+
+  The next conv's weight gradient reads its input transposed; XLA's CPU backend would fuse the
+  pooling that made `x` into that transpose and recompute it in a cache-hostile order (14 of
+  228 ms per CCT-2 step). A product with the identity is exact and is never fused into consumers.
+  """
+  if jax.default_backend() != 'cpu':
+    return x
+  eye = jax.lax.stop_gradient(jnp.eye(x.shape[-1], dtype=x.dtype))
+  return jnp.einsum('nhwc,cd->nhwd', x, eye)
+
+
 class Conv(nn.Module):
   """A square conv with symmetric padding; parameters exactly as `nn.Conv` names them.
 
@@ -171,6 +184,8 @@ class Tokenizer(nn.Module):
         x = max_pool(x, self.pooling_kernel_size, self.pooling_stride, pp)
       if self.activation:
         x = nn.relu(x)
+      if i + 1 < len(widths):
+        x = materialize_on_cpu(x)
     b, h, w, c = x.shape
     return x.reshape(b, h * w, c)
 

@@ -188,3 +188,12 @@ def test_tokenizer_relu_after_pool_gives_conv_relu_pool():
   loss = lambda f: (lambda p: jnp.sum(f(p) ** 2))
   chex.assert_trees_all_close(jax.grad(loss(lambda p: tok.apply({'params': p}, x)))(params),
                               jax.grad(loss(reference))(params), atol=1e-4, rtol=1e-4)
+
+
+def test_materialize_on_cpu_is_exact():
+  x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 5, 5, 7)) * 1e3)
+  np.testing.assert_array_equal(tokenizer.materialize_on_cpu(x), x)
+  g = jax.random.normal(jax.random.key(1), x.shape)
+  np.testing.assert_array_equal(jax.vjp(tokenizer.materialize_on_cpu, x)[1](g)[0], g)
+  xb = x.astype(jnp.bfloat16)
+  np.testing.assert_array_equal(tokenizer.materialize_on_cpu(xb), xb)
