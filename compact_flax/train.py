@@ -7,6 +7,7 @@ sharded on the mesh's 'data' axis, and each process feeds its own rows.
 """
 
 import functools
+import importlib.metadata
 import json
 import logging
 import os
@@ -49,31 +50,43 @@ class TrainState:
 # --- CPU devices -----------------------------------------------------------------------------
 
 IMAGES_PER_CPU_DEVICE = 8  # measured on 2 cores: benchmarks/RESULTS.md
+CPU_DEVICES_PER_CORE = 8
 
 
-def cpu_device_count(batch_size: int, eval_batch_size: int) -> int:
-  """The most XLA CPU devices of at least 8 images each that divide both batch sizes.
+def cpu_device_count(batch_size: int, eval_batch_size: int, cores: int) -> int:
+  """The most XLA CPU devices of at least 8 images each (and at most 8 per core) that divide both
+  batch sizes.
 
   On CPU, data parallelism over many small devices keeps the cores busy and each device's
   activations in cache. On 2 cores: CCT-2/3x2 at 32x32 and batch 128 trains about 1.5x faster on
-  16 devices than on one. It does not pay for tiny inputs (8x8 digits: slower) and wants fewer
-  images per device at 224x224 (benchmarks/RESULTS.md).
+  16 devices than on one, and slower on 32 or 64. It does not pay for tiny inputs (8x8 digits:
+  slower) and wants fewer images per device at 224x224 (benchmarks/RESULTS.md).
   """
-  target = max(1, batch_size // IMAGES_PER_CPU_DEVICE)
+  target = max(1, min(batch_size // IMAGES_PER_CPU_DEVICE, CPU_DEVICES_PER_CORE * cores))
   return max(d for d in range(1, target + 1) if batch_size % d == 0 and eval_batch_size % d == 0)
 
 
-def set_cpu_devices(count: int, batch_size: int, eval_batch_size: Optional[int] = None) -> int:
-  """Splits a CPU host into `count` XLA devices (-1: `cpu_device_count`) before JAX starts.
+def _accelerator_plugin_installed() -> bool:
+  names = {(d.metadata['Name'] or '').lower().replace('_', '-')
+           for d in importlib.metadata.distributions()}
+  return any(n.startswith(('jax-cuda', 'jax-rocm', 'libtpu')) for n in names)
 
-  Accelerator backends are unaffected. Returns the count set; 0 when `count` is 0, when the user
-  chose through JAX_NUM_CPU_DEVICES or XLA_FLAGS, or when JAX has already started.
+
+def set_cpu_devices(count: int, batch_size: int, eval_batch_size: Optional[int] = None) -> int:
+  """Splits the CPU into `count` XLA devices before JAX starts; -1: `cpu_device_count`.
+
+  -1 applies only where no GPU/TPU plugin is installed (or JAX_PLATFORMS=cpu); accelerator
+  backends are never affected. Returns the count set; 0 when `count` is 0, when the user chose
+  through JAX_NUM_CPU_DEVICES or XLA_FLAGS, or when JAX has already started.
   """
   if not count or os.environ.get('JAX_NUM_CPU_DEVICES') or (
       'host_platform_device_count' in os.environ.get('XLA_FLAGS', '')):
     return 0
   if count < 0:
-    count = cpu_device_count(batch_size, eval_batch_size or batch_size)
+    if os.environ.get('JAX_PLATFORMS') != 'cpu' and _accelerator_plugin_installed():
+      return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    count = cpu_device_count(batch_size, eval_batch_size or batch_size, cores or 1)
   try:
     jax.config.update('jax_num_cpu_devices', count)
   except RuntimeError:  # backends already initialised

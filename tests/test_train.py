@@ -180,11 +180,12 @@ def test_gradient_accumulation_gives_the_same_update():
                outs[0][0].params, outs[1][0].params)
 
 
-@pytest.mark.parametrize('batch,eval_batch,expected', [(128, 256, 16), (64, 128, 8), (128, 100, 4),
-                                                       (4, 4, 1), (96, 96, 12)])
+@pytest.mark.parametrize('batch,eval_batch,cores,expected', [
+    (128, 256, 2, 16), (64, 128, 2, 8), (128, 100, 2, 4), (4, 4, 2, 1), (96, 96, 2, 12),
+    (1024, 1024, 2, 16), (1024, 1024, 16, 128)])
 def test_cpu_device_count_takes_8_images_per_device_and_divides_both_batches(
-    batch, eval_batch, expected):
-  count = train.cpu_device_count(batch, eval_batch)
+    batch, eval_batch, cores, expected):
+  count = train.cpu_device_count(batch, eval_batch, cores)
   assert count == expected
   assert batch % count == 0 and eval_batch % count == 0
 
