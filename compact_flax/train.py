@@ -181,7 +181,7 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config, augment_on_d
 
     zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
     # Unrolled: XLA's CPU backend runs convolutions inside a while loop with a naive kernel
-    # (CCT-2, 16 micro-batches: 70 vs 654 img/s on 2 cores, benchmarks/RESULTS.md).
+    # (CCT-2 on 2 cores, 16 micro-batches of 8: 55 vs 654 img/s, benchmarks/RESULTS.md).
     (loss, grads), _ = jax.lax.scan(accumulate, zero, (jnp.arange(k), micro), unroll=True)
     loss, grads = jax.tree.map(lambda x: x / k, (loss, grads))
   else:
