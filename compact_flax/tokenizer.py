@@ -29,12 +29,12 @@ def torch_conv_bias_init(fan_in: int):
   return init
 
 
-def _pool_windows(x, kernel: int, stride: int, padding: int):
-  """The kernel*kernel strided slices of the -inf-padded `x`, one per window offset, row-major."""
-  x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
-              constant_values=-jnp.inf)
-  oh = (x.shape[1] - kernel) // stride + 1
-  ow = (x.shape[2] - kernel) // stride + 1
+def _windows(x, kernel: int, stride: int, padding: int, fill: float):
+  """The kernel*kernel strided slices of NHWC `x` padded with `fill`, one per window offset,
+  row-major: the patches of a conv (fill 0) or a max-pool (fill -inf), each output-sized."""
+  oh = conv_output_size(x.shape[1], kernel, stride, padding)
+  ow = conv_output_size(x.shape[2], kernel, stride, padding)
+  x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=fill)
   return [x[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
           for i in range(kernel) for j in range(kernel)]
 
@@ -56,7 +56,7 @@ def _max_pool_fn(kernel: int, stride: int, padding: int, in_hw: Tuple[int, int])
 
   def forward(x):
     out = idx = None
-    for n, w in enumerate(_pool_windows(x, k, s, p)):
+    for n, w in enumerate(_windows(x, k, s, p, -jnp.inf)):
       if out is None:
         out, idx = w, jnp.zeros(w.shape, idx_dtype)
       else:
@@ -132,11 +132,8 @@ class Conv(nn.Module):
                         (k, k, x.shape[-1], self.features), self.param_dtype)
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     if x.shape[-1] * k * k <= 27:
-      b = x.shape[0]
-      xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-      oh, ow = (xp.shape[1] - k) // s + 1, (xp.shape[2] - k) // s + 1
-      cols = jnp.concatenate([xp[:, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s]
-                              for i in range(k) for j in range(k)], axis=-1)
+      cols = jnp.concatenate(_windows(x, k, s, p, 0.0), axis=-1)  # im2col
+      b, oh, ow, _ = cols.shape
       y = (cols.reshape(b * oh * ow, -1) @ kernel.reshape(-1, self.features)).reshape(
           b, oh, ow, self.features)
     else:
