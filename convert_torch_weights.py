@@ -13,6 +13,9 @@ from absl import app
 from absl import flags
 from absl import logging as absl_logging
 
+from compact_flax import checkpoint
+from compact_flax import convert
+
 flags.DEFINE_string('model', None, 'Registered model name, e.g. cct_7_3x1_32.', required=True)
 flags.DEFINE_string('checkpoint', None, 'The .pth file (state dict or timm checkpoint).',
                     required=True)
@@ -28,7 +31,6 @@ def main(argv):
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and JAX chatter
   logging.getLogger('compact_flax').setLevel(logging.INFO)
-  from compact_flax import checkpoint, convert  # pylint: disable=g-import-not-at-top
   try:
     model, variables = convert.load_torch_checkpoint(
         FLAGS.checkpoint, FLAGS.model, img_size=FLAGS.img_size, num_classes=FLAGS.num_classes,

@@ -17,14 +17,17 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from compact_flax import devices
+from compact_flax import train
+
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.', required=True)
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-host runs.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (hosts) in a multi-host run.')
 flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-host run.')
 flags.DEFINE_integer('cpu_devices', 0, 'CPU-only hosts: data parallelism over this many XLA '
-                     'devices; -1: one per 8 images of the batch (about 1.5x faster for 32x32 models '
-                     'on 2 cores, see benchmarks/RESULTS.md); 0: JAX\'s default.')
+                     'devices; -1: one per 8 images of the batch (faster for 32x32 models, slower '
+                     'for tiny ones: benchmarks/RESULTS.md); 0: JAX\'s default.')
 FLAGS = flags.FLAGS
 
 
@@ -32,7 +35,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  from compact_flax import train  # pylint: disable=g-import-not-at-top
   if FLAGS.coordinator_address or FLAGS.num_processes:
     # CPU processes exchange gradients over gloo (no effect on GPU or TPU).
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -41,8 +43,8 @@ def main(argv):
     jax.distributed.initialize()  # a TPU pod: JAX finds its peers itself
   else:
     config = FLAGS.config
-    train.set_cpu_devices(FLAGS.cpu_devices, config.batch_size // config.grad_accum_steps,
-                          config.eval_batch_size)
+    devices.set_cpu_devices(FLAGS.cpu_devices, config.batch_size // config.grad_accum_steps,
+                            config.eval_batch_size)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.TrainingError as e:

@@ -3,15 +3,15 @@
   python benchmarks/train_throughput.py --model cct_2_3x2_32 --batch_size 128 --peer
   python benchmarks/train_throughput.py --model cct_7_3x1_32 --batch_size 1024 --dtype bfloat16 --peer
 
-Ours: `compact_flax.train.train_step` (forward, backward, AdamW with timm's decay mask, label
-smoothing 0.1; mixup off, as the peer has none) jitted over a mesh of every device JAX sees, on
-synthetic device-resident data, timed after compilation and warm-up. The peer (`--peer`): the CCT
+Ours: the train step `train_and_evaluate` runs (`steps.make_train_step`: forward, backward, AdamW
+with timm's decay mask, label smoothing 0.1; mixup off, as the peer has none), jitted over a mesh
+of every device JAX sees, on synthetic device-resident data, timed after compilation and warm-up. The peer (`--peer`): the CCT
 of the `vit-pytorch` package (the authors' port), loaded from its `cct.py` by path, with the same
 architecture, batch, optimizer and loss; AMP autocast on GPU when --dtype is bfloat16; eager and
 `torch.compile`d. No TensorFlow is imported. The last line printed is one JSON object.
 
 On a CPU host, ours runs as `train_main.py --cpu_devices=-1` does: data parallelism over XLA
-CPU devices of 8 images each (`train.cpu_device_count`; 16 at batch 128). `--cpu_devices 0` keeps
+CPU devices of 8 images each (`devices.cpu_device_count`; 16 at batch 128). `--cpu_devices 0` keeps
 JAX's single CPU device. The peer uses PyTorch's default threads. Accelerators are unaffected.
 """
 
@@ -27,10 +27,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import compact_flax  # pylint: disable=g-import-not-at-top
+from compact_flax import devices
 from compact_flax import merge
+from compact_flax import optim
+from compact_flax import steps
 from compact_flax import train
 from configs import common
 
@@ -55,18 +57,14 @@ def bench_ours(args):
   config.aug.mixup = config.aug.cutmix = 0.0
   model = compact_flax.create_model(args.model, dtype=train.DTYPES[args.dtype])
   h, w, c = merge.image_shape(model)
-  devices = jax.devices()
-  mesh = Mesh(np.asarray(devices), ('data',))
-  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  tx = train.create_optimizer(config, train.create_learning_rate_schedule(config, 100))
-  state = jax.jit(lambda: train.create_train_state(config, model, tx), out_shardings=repl)()
-  state_sharding = jax.tree.map(lambda _: repl, state)
-  step = jax.jit(lambda s, b, r: train.train_step(s, b, r, model=model, tx=tx, config=config),
-                 in_shardings=(state_sharding, data, repl),
-                 out_shardings=(state_sharding, repl), donate_argnums=0)
+  mesh = devices.make_mesh()
+  tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, 100))
+  state = steps.init_state(config, model, tx, mesh)
+  step = steps.make_train_step(config, model, tx, mesh, steps_per_epoch=100)
   make = jax.jit(lambda k: {'image': jax.random.normal(k, (args.batch_size, h, w, c)),
                             'label': jax.random.randint(k, (args.batch_size,), 0,
-                                                        model.num_classes)}, out_shardings=data)
+                                                        model.num_classes)},
+                 out_shardings=devices.batch_sharded(mesh))
   batches = [make(jax.random.key(i)) for i in range(2)]  # rotate: no cache-resident input
   rng = jax.random.key(0)
   t0 = time.perf_counter()
@@ -75,7 +73,7 @@ def bench_ours(args):
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # The compiled SPMD program is per device: its FLOPs are one device's share of the step.
-  flops_step = float(cost.get('flops', 0.0)) * len(devices) if cost else 0.0
+  flops_step = float(cost.get('flops', 0.0)) * mesh.size if cost else 0.0
   for i in range(args.warmup):
     state, metrics = compiled(state, batches[i % 2], rng)
   jax.block_until_ready(metrics)
@@ -87,14 +85,15 @@ def bench_ours(args):
     jax.block_until_ready(metrics)
     times.append((time.perf_counter() - t0) / args.steps)
   step_s = float(np.median(times))
-  peak = peak_flops(devices[0], args.dtype)
+  device = mesh.devices.flat[0]
+  peak = peak_flops(device, args.dtype)
   tflops = flops_step / step_s / 1e12
   return {
       'images_per_sec': args.batch_size / step_s, 'step_time_s': step_s,
       'step_time_spread_s': [float(min(times)), float(max(times))],
       'flops_per_image': flops_step / args.batch_size, 'tflops_per_sec': tflops,
-      'mfu': tflops * 1e12 / (peak * len(devices)) if peak else None,
-      'compile_s': compile_s, 'devices': len(devices), 'device_kind': devices[0].device_kind,
+      'mfu': tflops * 1e12 / (peak * mesh.size) if peak else None,
+      'compile_s': compile_s, 'devices': mesh.size, 'device_kind': device.device_kind,
       'loss': float(metrics['loss']),
   }
 
@@ -174,9 +173,9 @@ def main():
   parser.add_argument('--peer_modes', default='eager,compiled')
   parser.add_argument('--cpu_devices', type=int, default=-1,
                       help='XLA devices on a CPU host, as train_main.py --cpu_devices: -1 one per '
-                      '8 images (train.cpu_device_count), 0 JAX\'s default (one device)')
+                      '8 images (devices.cpu_device_count), 0 JAX\'s default (one device)')
   args = parser.parse_args()
-  train.set_cpu_devices(args.cpu_devices, args.batch_size)
+  devices.set_cpu_devices(args.cpu_devices, args.batch_size)
   result = {'model': args.model, 'batch_size': args.batch_size, 'dtype': args.dtype,
             'jax': jax.__version__, 'python': platform.python_version(),
             'date': time.strftime('%Y-%m-%d')}

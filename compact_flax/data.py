@@ -1,21 +1,50 @@
-"""Input sources behind one interface, so the trainer takes any of them unchanged.
+"""The input-source interface the trainer reads, and the sources that need no TensorFlow.
 
-A source knows its `num_classes`, `image_shape`, `num_train`, `num_eval` and `class_names`, and
-makes global batches (jax.Arrays sharded over the mesh) with `train_batches(start_step, ...)` and
-`eval_batches(...)`. The training order is a pure function of (seed, step): a resumed run sees the
-same batches. Each process reads only its own rows of every global batch.
+`Source` lists everything the trainer uses. Built in here: `digits` (real data shipped with the
+package) and `SyntheticSource` (made on the device, for benchmarks). The tf.data sources (TFDS,
+image folders) and `get_source`, which picks one by name, are in `input_pipeline.py`.
 """
 
 import collections
 import gzip
 import os
-from typing import Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 Batch = Dict[str, jax.Array]
+
+
+@runtime_checkable
+class Source(Protocol):
+  """An input source: what the trainer reads from it, and nothing else.
+
+  Batches are global jax.Arrays sharded over the mesh (`sharding`); each process makes only its
+  own rows. The training order is a pure function of (seed, step), so a resumed run sees the same
+  batches.
+  """
+  name: str
+  num_classes: int
+  class_names: Sequence[str]
+  image_shape: Tuple[int, ...]      # one example's shape, e.g. (H, W, C)
+  num_train: int
+  num_eval: int
+  # How pixels in [0, 1] were normalised (mean, std, crop_pct, interpolation), stored with
+  # checkpoints for prediction; {} when unknown.
+  normalization: Mapping[str, Any]
+  # The per-image train transform left to the jitted train step, (images, key) -> images; None
+  # when the batches arrive augmented.
+  device_augment: Optional[Callable[[jax.Array, jax.Array], jax.Array]]
+
+  def train_batches(self, start_step: int, *, batch_size: int, seed: int,
+                    sharding) -> Iterator[Batch]:
+    """'image' and 'label' from `start_step` on, forever."""
+
+  def eval_batches(self, *, batch_size: int, sharding) -> Iterator[Batch]:
+    """'image', 'label' and 'mask' (False on padding rows) over the eval split, once."""
 
 
 def to_global(local: Dict[str, np.ndarray], sharding) -> Batch:
@@ -55,6 +84,7 @@ class InMemorySource:
     self.image_shape = tuple(train_images.shape[1:])
     self.num_train, self.num_eval = len(train_labels), len(eval_labels)
     self.normalization = {}  # how pixels in [0, 1] were normalised: set by the maker
+    self.device_augment = None
 
   def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(self.num_train)
@@ -116,6 +146,7 @@ class SyntheticSource:
     self.image_shape, self.num_classes = tuple(image_shape), num_classes
     self.num_train, self.num_eval = num_train, num_eval
     self.class_names = [str(i) for i in range(num_classes)]
+    self.normalization, self.device_augment = {}, None
 
   def _make(self, batch_size, sharding, with_mask=False):
     def make(key):
@@ -140,22 +171,4 @@ class SyntheticSource:
       yield make(jax.random.key(10_000 + i))
 
 
-SOURCES = {'digits': digits, 'synthetic': SyntheticSource}
-
-
-def get_source(name: str, config=None):
-  """The named source: 'digits', 'synthetic', 'folder:/path/to/images', or any TFDS dataset."""
-  kwargs = dict(config.get('dataset_kwargs', {})) if config is not None else {}
-  if name in SOURCES:
-    return SOURCES[name](**kwargs)
-  from compact_flax import input_pipeline  # pylint: disable=g-import-not-at-top
-  if name.startswith('folder:'):
-    return input_pipeline.ImageFolderSource(name[len('folder:'):], config.aug, **kwargs)
-  try:
-    import tensorflow_datasets  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    raise ValueError(f"Unknown dataset '{name}'; built in: {sorted(SOURCES)}, 'folder:PATH'; TFDS "
-                     'datasets need pip install "compact-flax[data]".') from None
-  return input_pipeline.TFDSSource(name, config.aug, data_dir=config.get('data_dir') or None,
-                                   train_split=config.get('train_split') or None,
-                                   eval_split=config.get('eval_split') or None, **kwargs)
+SOURCES = {'digits': digits, 'synthetic': SyntheticSource}  # the built-in sources by name

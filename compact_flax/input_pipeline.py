@@ -1,13 +1,15 @@
-"""tf.data pipelines: TFDS datasets by name and image folders (one sub-folder per class).
+"""Input pipelines: `get_source` by name, and the tf.data sources (TFDS datasets, image folders).
 
 Host side (tf.data): decode, random-resized crop and flip (timm's parameters) or the eval resize
 and centre crop. The rest of the per-image recipe (RandAugment, normalisation, random erasing, in
 `augment.py`) runs as jit-compiled JAX either on the host CPU (`aug.on_device=False`) or inside the
-train step on the accelerator (`aug.on_device=True`; for fixed-size datasets such as CIFAR the crop
-and flip move there too). The order is a pure function of (seed, epoch): a resumed run sees the same
-batches, and each process reads its own shard.
+train step on the accelerator (`aug.on_device=True`, the source's `device_augment`; for
+fixed-size datasets such as CIFAR the crop and flip move there too). The order is a pure function
+of (seed, epoch): a resumed run sees the same batches, and each process reads its own shard.
+TensorFlow is imported only when a tf.data source is built.
 """
 
+import functools
 import logging
 import math
 import os
@@ -106,9 +108,10 @@ class TFDataSource:
     self.image_shape = _size(aug) + (3,)
     self.normalization = {'mean': list(aug.mean), 'std': list(aug.std),
                           'crop_pct': aug.crop_pct, 'interpolation': aug.interpolation}
-    # What the train step must still do to each image (None: nothing).
-    self.crop_on_device = bool(aug.on_device and fixed_size)
-    self.device_transform = bool(aug.on_device)
+    # On the device, fixed-size images are cropped and flipped in the step too.
+    self._crop_in_step = bool(aug.on_device and fixed_size)
+    self.device_augment = (functools.partial(augment.train_transform, aug=aug,
+                                             crop=self._crop_in_step) if aug.on_device else None)
     if not aug.on_device:
       cpu = jax.devices('cpu')[0]
       fn = jax.jit(lambda x, k: augment.train_transform(x, k, aug, crop=False))
@@ -121,7 +124,6 @@ class TFDataSource:
   def train_batches(self, start_step, *, batch_size, seed, sharding) -> Iterator:
     tf = _tf()
     local = batch_size // jax.process_count()
-    data_lib.local_rows(batch_size)
     steps_per_epoch = self.num_train // batch_size
     epoch, offset = divmod(start_step, steps_per_epoch)
     while True:
@@ -130,7 +132,7 @@ class TFDataSource:
 
       def prep(i, ex, epoch_seed=epoch_seed):
         img = ex['image']
-        if not self.crop_on_device:
+        if not self._crop_in_step:
           img = tf_random_resized_crop(img, tf.stack([tf.cast(epoch_seed, tf.int64), i]), self.aug)
         return {'image': img, 'label': tf.cast(ex['label'], tf.int32)}
 
@@ -138,7 +140,7 @@ class TFDataSource:
       ds = ds.batch(local, drop_remainder=True).take(steps_per_epoch).skip(offset)
       ds = ds.prefetch(tf.data.AUTOTUNE)
       for step, batch in enumerate(ds.as_numpy_iterator(), start=epoch * steps_per_epoch + offset):
-        if not self.aug.on_device:
+        if self.device_augment is None:
           key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step),
                                    jax.process_index())
           batch['image'] = self._host_transform(batch['image'], key)
@@ -263,3 +265,21 @@ class ImageFolderSource(TFDataSource):
     decode = lambda p, l: {'image': tf.io.decode_image(tf.io.read_file(p), channels=3,
                                                        expand_animations=False), 'label': l}
     return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def get_source(name: str, config=None) -> data_lib.Source:
+  """The named source: 'digits', 'synthetic', 'folder:/path/to/images', or any TFDS dataset."""
+  kwargs = dict(config.get('dataset_kwargs', {})) if config is not None else {}
+  if name in data_lib.SOURCES:
+    return data_lib.SOURCES[name](**kwargs)
+  if name.startswith('folder:'):
+    return ImageFolderSource(name[len('folder:'):], config.aug, **kwargs)
+  try:
+    import tensorflow_datasets  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise ValueError(f"Unknown dataset '{name}'; built in: {sorted(data_lib.SOURCES)}, "
+                     "'folder:PATH'; TFDS datasets need pip install \"compact-flax[data]\"."
+                     ) from None
+  return TFDSSource(name, config.aug, data_dir=config.get('data_dir') or None,
+                    train_split=config.get('train_split') or None,
+                    eval_split=config.get('eval_split') or None, **kwargs)

@@ -73,6 +73,30 @@ def fit_params(model, params, *, seed: int = 0, hint: str = '') -> Dict[str, Any
                       new_head=head is not None and head.shape[0] != model.num_classes)
 
 
+def _raise_problems(target, loaded, fresh, unexpected, describe, source_shape, hint):
+  """CheckpointError naming every mismatched, missing and extra key (at most six of each)."""
+  unexpected = list(unexpected) + [describe(p) for p in loaded if p not in target]
+  mismatched = [f'{describe(p)}: checkpoint {source_shape(p, v.shape)}, model '
+                f'{source_shape(p, target[p].shape)}'
+                for p, v in loaded.items() if p in target and v.shape != target[p].shape]
+  missing = sorted(set(target) - set(loaded) - fresh)
+  if missing or unexpected or mismatched:
+    lines = [f'Cannot load these weights into the model: {hint}'.rstrip(': ')]
+    for title, items in (('Shape mismatch', mismatched), ('Missing from the checkpoint', missing),
+                         ('Not in the model', sorted(unexpected))):
+      if items:
+        more = f' ... and {len(items) - 6} more' if len(items) > 6 else ''
+        lines.append(f'{title} ({len(items)}): ' + '; '.join(items[:6]) + more)
+    raise CheckpointError('\n'.join(lines))
+
+
+def check_fits(model, params, *, hint: str = ''):
+  """Raises CheckpointError unless `params` has exactly `model`'s keys and shapes."""
+  target = flax.traverse_util.flatten_dict(init_variables(model, abstract=True)['params'], sep='/')
+  loaded = flax.traverse_util.flatten_dict(params, sep='/')
+  _raise_problems(target, loaded, set(), (), lambda p: p, lambda p, s: tuple(s), hint)
+
+
 def merge_params(model, loaded: Mapping[str, Any], *, new_head: bool = False, seed: int = 0,
                  names: Optional[Mapping[str, Tuple[str, Callable]]] = None,
                  unexpected: Sequence[str] = (), hint: str = '') -> Dict[str, Any]:
@@ -103,20 +127,7 @@ def merge_params(model, loaded: Mapping[str, Any], *, new_head: bool = False, se
   for path in fresh:
     loaded.pop(path, None)
 
-  unexpected = list(unexpected) + [describe(p) for p in loaded if p not in target]
-  mismatched = [f'{describe(p)}: checkpoint {source_shape(p, v.shape)}, model '
-                f'{source_shape(p, target[p].shape)}'
-                for p, v in loaded.items() if p in target and v.shape != target[p].shape]
-  missing = sorted(set(target) - set(loaded) - fresh)
-  if missing or unexpected or mismatched:
-    lines = [f'Cannot load these weights into the model: {hint}'.rstrip(': ')]
-    for title, items in (('Shape mismatch', mismatched), ('Missing from the checkpoint', missing),
-                         ('Not in the model', sorted(unexpected))):
-      if items:
-        more = f' ... and {len(items) - 6} more' if len(items) > 6 else ''
-        lines.append(f'{title} ({len(items)}): ' + '; '.join(items[:6]) + more)
-    raise CheckpointError('\n'.join(lines))
-
+  _raise_problems(target, loaded, fresh, unexpected, describe, source_shape, hint)
   params = {p: jnp.asarray(loaded[p], dtype=model.param_dtype) for p in target if p in loaded}
   if fresh:
     init = flax.traverse_util.flatten_dict(init_variables(model, seed)['params'], sep='/')

@@ -9,17 +9,19 @@ the dataset the checkpoint was trained on. An unreadable file is reported and th
 """
 
 import argparse
-import os
 import sys
 from typing import Any, Dict, List, Sequence, Tuple
 
 import jax
 import numpy as np
+from PIL import Image
+
+from compact_flax import checkpoint
+from compact_flax import zoo
 
 
 def eval_spec(spec: Dict[str, Any], model) -> Dict[str, Any]:
   """The spec's `data` block, filled in from the zoo's defaults where a checkpoint lacks it."""
-  from compact_flax import zoo  # pylint: disable=g-import-not-at-top
   data = dict(spec.get('data') or {})
   default = zoo.data_spec(data.get('dataset') or zoo.default_dataset(spec.get('model', '')),
                           model.num_classes)
@@ -32,7 +34,6 @@ def eval_spec(spec: Dict[str, Any], model) -> Dict[str, Any]:
 
 def preprocess(path: str, model, data: Dict[str, Any]) -> np.ndarray:
   """An image file -> (H, W, C) float32 as the model was evaluated in training."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   h, w = (model.img_size,) * 2 if isinstance(model.img_size, int) else model.img_size
   with Image.open(path) as img:
     img = img.convert('L' if model.n_input_channels == 1 else 'RGB')
@@ -68,19 +69,15 @@ def predict_files(model, variables, data, paths: Sequence[str], top_k: int = 5
 
 
 def load(args):
-  """(model, variables, data spec) from --checkpoint or --model/--pretrained."""
-  from compact_flax import checkpoint, zoo  # pylint: disable=g-import-not-at-top
+  """(model, variables, data spec) from --checkpoint, or --model/--pretrained [--source]."""
   if args.checkpoint:
-    spec, params = checkpoint.load_params(args.checkpoint)
-    model, variables = checkpoint.build_from_spec(spec), {'params': params}
+    directory = args.checkpoint
   elif args.model and args.pretrained:
-    model, variables = zoo.load_pretrained(args.model, args.source)
-    is_dir = args.source and os.path.isdir(args.source)
-    spec = checkpoint.read_spec(args.source) if is_dir else {
-        'data': zoo.data_spec(zoo.default_dataset(args.model), model.num_classes)}
+    directory = zoo.pretrained_dir(args.model, args.source)
   else:
     raise SystemExit('Give --checkpoint DIR, or --model NAME --pretrained.')
-  return model, variables, eval_spec(spec, model)
+  model, variables = checkpoint.load_model(directory)
+  return model, variables, eval_spec(checkpoint.read_spec(directory), model)
 
 
 def main(argv=None):

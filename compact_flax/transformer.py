@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from compact_flax.kernels import token_wise
+
 Dtype = Any
 
 POSITIONAL_EMBEDDINGS = ('learnable', 'sine', 'none')
@@ -28,16 +30,6 @@ def sinusoidal_embedding(num_tokens: int, dim: int) -> np.ndarray:
   angle = (p / 10000.0**(2 * (i // 2) / dim)).astype(np.float32)
   pe = np.where(i % 2 == 0, np.sin(angle), np.cos(angle))
   return pe[None].astype(np.float32)
-
-
-def token_wise(layer, x):
-  """Applies `layer` (a Dense) to (batch, tokens, dim) as one (batch * tokens, dim) matrix.
-
-  Same parameters and values; XLA's CPU backend computes the kernel gradient of the 2-D form
-  several times faster than the two-axis contraction of the 3-D one (benchmarks/RESULTS.md).
-  """
-  b, n, d = x.shape
-  return layer(x.reshape(b * n, d)).reshape(b, n, -1)
 
 
 def check_positional_embedding(kind: str):

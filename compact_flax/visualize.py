@@ -12,6 +12,7 @@ import argparse
 import sys
 
 import numpy as np
+from PIL import Image
 
 from compact_flax import predict
 
@@ -42,7 +43,6 @@ def _colormap(x):
 
 def render(image01: np.ndarray, weights: np.ndarray, panel: int = 256):
   """PIL image: [input | input with the heat map over it], each `panel` pixels high."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   h, w = image01.shape[:2]
   size = (max(1, round(panel * w / h)), panel)
   rgb = np.repeat(image01, 3, axis=-1) if image01.shape[-1] == 1 else image01

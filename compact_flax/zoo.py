@@ -5,7 +5,8 @@
 
 `source` may be a URL (http, https, file://), a local `.pth`, or a converted checkpoint directory.
 The cache (`$COMPACT_FLAX_CACHE`, default `~/.cache/compact_flax`) holds `downloads/` and
-`converted/<name>-<sha256 prefix>-<img>-<classes>/`: the second call converts nothing.
+`converted/<name>-<sha256 prefix>/`: the second call converts nothing. A new resolution or class
+count is fitted when loading, by `checkpoint.load_model`.
 """
 
 import hashlib
@@ -18,7 +19,7 @@ import urllib.request
 from typing import Any, Dict, Optional, Tuple
 
 from compact_flax import checkpoint
-from compact_flax import merge
+from compact_flax import convert
 from compact_flax import models
 
 BASE_URL = 'https://shi-labs.com/projects/cct/checkpoints/'
@@ -124,13 +125,12 @@ def download(url: str, directory: str) -> str:
   return target
 
 
-def load_pretrained(name: str, source: Optional[str] = None, *, img_size=None,
-                    num_classes: Optional[int] = None, dataset: Optional[str] = None,
-                    **overrides) -> Tuple[Any, Dict[str, Any]]:
-  """(model, variables) with the official weights of `name`, or those at `source`.
+def pretrained_dir(name: str, source: Optional[str] = None, *,
+                   dataset: Optional[str] = None) -> str:
+  """A converted checkpoint directory holding the weights of `name` (the official ones, or those
+  at `source`): downloaded and converted once, then served from the cache.
 
-  `img_size` and `num_classes` behave as in the converter (resized positional embedding, new
-  head). Other overrides must keep parameter shapes (`dtype`, `dropout`, ...).
+  `source` may be a URL, a local `.pth`, or a converted directory (returned as it is).
   """
   models.model_kwargs(name)  # unknown names fail here, with suggestions
   if source is None:
@@ -138,36 +138,31 @@ def load_pretrained(name: str, source: Optional[str] = None, *, img_size=None,
       raise ValueError(f"'{name}' has no published weights. Names that do: "
                        f'{", ".join(PRETRAINED)}; or pass source= a .pth file or URL.')
     source = BASE_URL + PRETRAINED[name][0]
-  dataset = dataset or default_dataset(name)
-  root = cache_dir()
   if os.path.isdir(source):
-    spec, params = checkpoint.load_params(source)
-    return _adapt(spec, params, img_size, num_classes, overrides)
+    return source
+  root = cache_dir()
   path = source if os.path.exists(source) else download(source, os.path.join(root, 'downloads'))
   if not os.path.exists(path):
     raise FileNotFoundError(f'{source}: no such file.')
-  key = f'{name}-{_sha256(path)[:16]}-{img_size or "default"}-{num_classes or "default"}'
-  converted = os.path.join(root, 'converted', key)
+  converted = os.path.join(root, 'converted', f'{name}-{_sha256(path)[:16]}')
   if not os.path.isdir(converted):
-    from compact_flax import convert  # pylint: disable=g-import-not-at-top
-    model, variables = convert.load_torch_checkpoint(path, name, img_size=img_size,
-                                                     num_classes=num_classes)
+    model, variables = convert.load_torch_checkpoint(path, name)
     kwargs = {k: getattr(model, k) for k in ('img_size', 'num_classes', 'positional_embedding')}
     tmp = converted + '.tmp'
     shutil.rmtree(tmp, ignore_errors=True)
     checkpoint.save_model(tmp, name, kwargs, variables,
-                          data=data_spec(dataset, model.num_classes))
+                          data=data_spec(dataset or default_dataset(name), model.num_classes))
     os.replace(tmp, converted)
-  model, variables = checkpoint.load_model(converted, **overrides)
-  return model, variables
+  return converted
 
 
-def _adapt(spec, params, img_size, num_classes, overrides):
-  """A converted or trained checkpoint, fitted to a new resolution or class count if asked."""
-  kwargs = dict(spec['model_kwargs'])
-  if img_size is None and num_classes is None:
-    return checkpoint.build_from_spec(spec, **overrides), {'params': params}
-  new = {**({'img_size': img_size} if img_size else {}),
-         **({'num_classes': num_classes} if num_classes else {})}
-  model = checkpoint.build_from_spec({**spec, 'model_kwargs': {**kwargs, **new}}, **overrides)
-  return model, merge.fit_params(model, params)
+def load_pretrained(name: str, source: Optional[str] = None, *, img_size=None,
+                    num_classes: Optional[int] = None, dataset: Optional[str] = None,
+                    **overrides) -> Tuple[Any, Dict[str, Any]]:
+  """(model, variables) with the official weights of `name`, or those at `source`.
+
+  `img_size` and `num_classes` refit the weights as `checkpoint.load_model` does (resized
+  positional embedding, new head). Other overrides must keep parameter shapes (`dtype`, ...).
+  """
+  return checkpoint.load_model(pretrained_dir(name, source, dataset=dataset), img_size=img_size,
+                               num_classes=num_classes, **overrides)

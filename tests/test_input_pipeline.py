@@ -10,7 +10,8 @@ import pytest
 tf = pytest.importorskip('tensorflow')
 tfds = pytest.importorskip('tensorflow_datasets')
 
-from compact_flax import input_pipeline  # pylint: disable=g-import-not-at-top
+from compact_flax import data  # pylint: disable=g-import-not-at-top
+from compact_flax import input_pipeline
 from compact_flax import train
 from configs import common
 
@@ -47,6 +48,7 @@ def test_resumed_pipeline_sees_the_same_batches():
                                         jax.sharding.PartitionSpec('data'))
   with tfds.testing.mock_data(num_examples=40):
     source = input_pipeline.TFDSSource('cifar10', _aug(reprob=0.25))
+    assert isinstance(source, data.Source) and source.device_augment is None
     fresh = source.train_batches(0, batch_size=8, seed=3, sharding=sharding)
     batches = [next(fresh) for _ in range(7)]  # crosses an epoch boundary (5 steps/epoch)
     resumed = source.train_batches(6, batch_size=8, seed=3, sharding=sharding)
@@ -67,6 +69,7 @@ def test_image_folder_skips_and_counts_undecodable_files(tmp_path, caplog):
         (folder / f'{i}.png').write_bytes(tf.io.encode_png(img).numpy())
   (tmp_path / 'train' / 'cat' / 'broken.jpg').write_bytes(b'not an image')
   source = input_pipeline.ImageFolderSource(str(tmp_path), _aug())
+  assert isinstance(source, data.Source)
   assert source.class_names == ['cat', 'dog']
   assert source.num_train == 12 and source.num_eval == 4
   assert len(source.skipped['train']) == 1

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import compact_flax
+from compact_flax import kernels
 from compact_flax import tokenizer
 from compact_flax import transformer
 
@@ -156,7 +157,7 @@ def test_max_pool_and_its_gradient_match_reduce_window(shape, k, s, p):
   """The hand-written max-pool gradient equals XLA's select-and-scatter of `nn.max_pool`."""
   x = jax.random.normal(jax.random.key(1), shape)
   ref = lambda x: nn.max_pool(x, (k, k), (s, s), ((p, p), (p, p)))
-  ours = lambda x: tokenizer.max_pool(x, k, s, p)
+  ours = lambda x: kernels.max_pool(x, k, s, p)
   y, vjp = jax.vjp(ours, x)
   y_ref, vjp_ref = jax.vjp(ref, x)
   np.testing.assert_array_equal(y, y_ref)
@@ -192,8 +193,43 @@ def test_tokenizer_relu_after_pool_gives_conv_relu_pool():
 
 def test_materialize_on_cpu_is_exact():
   x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 5, 5, 7)) * 1e3)
-  np.testing.assert_array_equal(tokenizer.materialize_on_cpu(x), x)
+  np.testing.assert_array_equal(kernels.materialize_on_cpu(x), x)
   g = jax.random.normal(jax.random.key(1), x.shape)
-  np.testing.assert_array_equal(jax.vjp(tokenizer.materialize_on_cpu, x)[1](g)[0], g)
+  np.testing.assert_array_equal(jax.vjp(kernels.materialize_on_cpu, x)[1](g)[0], g)
   xb = x.astype(jnp.bfloat16)
-  np.testing.assert_array_equal(tokenizer.materialize_on_cpu(xb), xb)
+  np.testing.assert_array_equal(kernels.materialize_on_cpu(xb), xb)
+
+
+def _loss_and_grad(model, x):
+  """A new function each call: jit caches traces per function, and kernels choose at trace time."""
+  def loss(p):
+    return jnp.sum(model.apply({'params': p}, x, train=True,
+                               rngs={'dropout': jax.random.key(2)}) ** 2)
+  return jax.jit(jax.value_and_grad(loss))
+
+
+@pytest.mark.parametrize('name', ['cct_2_3x2_32', 'cct_7_7x2_224', 'vit_2_4_32'])
+def test_cpu_kernels_and_the_generic_ops_agree(name):
+  """The CPU-only kernels compute what the plain ops that GPUs and TPUs get compute."""
+  model = compact_flax.create_model(name, img_size=32)
+  x = jax.random.normal(jax.random.key(0), (2, model.img_size, model.img_size, 3))
+  params = model.init(jax.random.key(1), x)['params']
+  cpu = _loss_and_grad(model, x)
+  with kernels.target('gpu'):
+    generic = _loss_and_grad(model, x)
+    assert 'reduce_window' in generic.lower(params).as_text() or name.startswith('vit')
+    generic_out = generic(params)
+  assert 'reduce_window' not in cpu.lower(params).as_text()
+  chex.assert_trees_all_close(cpu(params), generic_out, rtol=2e-5, atol=2e-5)
+
+
+def test_cpu_tricks_stay_off_other_backends():
+  """Traced for a TPU, the tokenizer uses XLA's own convolution and pooling; on CPU it does not."""
+  model = compact_flax.create_model('cct_2_3x2_32')
+  x = jnp.zeros((2, 32, 32, 3))
+  params = model.init(jax.random.key(0), x)['params']
+  cpu = _loss_and_grad(model, x).lower(params).as_text()
+  with kernels.target('tpu'):
+    tpu = _loss_and_grad(model, x).lower(params).as_text()
+  assert 'reduce_window' not in cpu and 'reduce_window' in tpu
+  assert tpu.count('stablehlo.convolution') > cpu.count('stablehlo.convolution')

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,11 @@ import numpy as np
 import pytest
 
 import compact_flax
+from compact_flax import data
+from compact_flax import devices
+from compact_flax import input_pipeline
+from compact_flax import optim
+from compact_flax import steps
 from compact_flax import train
 from configs import digits_cct
 
@@ -38,6 +44,14 @@ def _run(workdir, *overrides, devices=1, check=True):
   return run
 
 
+def _steps(workdir):
+  return sorted(int(d) for d in os.listdir(pathlib.Path(workdir) / 'checkpoints') if d.isdigit())
+
+
+def _latest(workdir):
+  return str(pathlib.Path(workdir) / 'checkpoints' / str(_steps(workdir)[-1]))
+
+
 def _metrics(workdir):
   return [json.loads(line) for line in (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
 
@@ -57,10 +71,10 @@ def test_digits_reaches_95_percent(tmp_path):
     assert key in lines[-1], key
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
   # The workdir reloads in one call, and evaluates to the same accuracy.
-  model, variables = compact_flax.load_model(str(tmp_path / 'checkpoints' / 'last'))
+  model, variables = compact_flax.load_model(_latest(tmp_path))
   assert model.n_input_channels == 1
   config.eval_only = True
-  config.init_from = str(tmp_path / 'checkpoints' / 'last')
+  config.init_from = _latest(tmp_path)
   again = train.train_and_evaluate(config, str(tmp_path / 'eval'))
   assert again['eval_top1'] == pytest.approx(record['eval_top1'])
 
@@ -76,12 +90,12 @@ def test_sigterm_and_relaunch_equals_uninterrupted(tmp_path):
   out = proc.communicate(timeout=300)[0]
   assert proc.returncode == 0, out
   assert 'Stopped by signal' in out
-  stopped = max(int(d) for d in os.listdir(tmp_path / 'killed/checkpoints/last'))
+  stopped = _steps(tmp_path / 'killed')[-1]
   assert 30 <= stopped < 66
   resumed = _run(tmp_path / 'killed', *SHORT)
   assert f'Resuming from step {stopped}' in resumed.stdout
-  _, a = compact_flax.load_model(str(tmp_path / 'straight/checkpoints/last'))
-  _, b = compact_flax.load_model(str(tmp_path / 'killed/checkpoints/last'))
+  _, a = compact_flax.load_model(_latest(tmp_path / 'straight'))
+  _, b = compact_flax.load_model(_latest(tmp_path / 'killed'))
   jax.tree.map(np.testing.assert_array_equal, a, b)  # bit for bit
   assert _metrics(tmp_path / 'straight')[-1]['eval_loss'] == _metrics(
       tmp_path / 'killed')[-1]['eval_loss']
@@ -118,9 +132,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
              '--config.checkpoint_every_steps=10', '--config.learning_rate=1e12', check=False)
   assert run.returncode == 1
   assert 'Loss is' in run.stderr and 'at step' in run.stderr, run.stderr
-  kept = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints/last'))
+  kept = _steps(tmp_path)
   if kept:  # whatever was saved is finite
-    _, variables = compact_flax.load_model(str(tmp_path / 'checkpoints/last'))
+    _, variables = compact_flax.load_model(_latest(tmp_path))
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
 
 
@@ -143,13 +157,13 @@ def test_mismatched_or_broken_checkpoint_in_workdir(tmp_path):
   _run(tmp_path, '--config.num_epochs=1', '--config.warmup_epochs=0')
   run = _run(tmp_path, '--config.num_epochs=2', '--config.model=cct_4_3x2_32', check=False)
   assert run.returncode == 1 and 'use a new --workdir' in run.stderr, run.stderr[-2000:]
-  step_dir = tmp_path / 'checkpoints/last/22/state'
+  step_dir = tmp_path / 'checkpoints/22/state'
   for f in step_dir.rglob('*'):
     if f.is_file() and f.stat().st_size > 1000:
       f.write_bytes(b'\0' * 100)
   run = _run(tmp_path, '--config.num_epochs=2', check=False)
   assert run.returncode == 1 and 'Cannot restore the checkpoint' in run.stderr, run.stderr[-2000:]
-  assert (tmp_path / 'checkpoints/last/22').is_dir(), 'nothing saved is removed'
+  assert (tmp_path / 'checkpoints/22').is_dir(), 'nothing saved is removed'
 
 
 def _quiet_model_config():
@@ -162,15 +176,15 @@ def _quiet_model_config():
 
 def test_gradient_accumulation_gives_the_same_update():
   config = _quiet_model_config()
-  source = train.data_lib.get_source('digits', config)
+  source = input_pipeline.get_source('digits', config)
   model, _ = train.build_model(config, source)
-  tx = train.create_optimizer(config, train.create_learning_rate_schedule(config, 22))
-  state = train.create_train_state(config, model, tx)
+  tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, 22))
+  state = steps.create_train_state(config, model, tx)
   batch = {'image': source.train_images[:64], 'label': source.train_labels[:64]}
   outs = []
   for k in (1, 4):
     config.grad_accum_steps = k
-    step = jax.jit(lambda s, b: train.train_step(s, b, jax.random.key(0), model=model, tx=tx,
+    step = jax.jit(lambda s, b: steps.train_step(s, b, jax.random.key(0), model=model, tx=tx,
                                                  config=config))
     # No loop around the convolutions: on CPU, XLA gives convs in a while body a naive kernel.
     assert 'while' not in step.lower(state, batch).as_text()
@@ -185,17 +199,17 @@ def test_gradient_accumulation_gives_the_same_update():
     (1024, 1024, 2, 16), (1024, 1024, 16, 128)])
 def test_cpu_device_count_takes_8_images_per_device_and_divides_both_batches(
     batch, eval_batch, cores, expected):
-  count = train.cpu_device_count(batch, eval_batch, cores)
+  count = devices.cpu_device_count(batch, eval_batch, cores)
   assert count == expected
   assert batch % count == 0 and eval_batch % count == 0
 
 
 def test_set_cpu_devices_respects_the_user_and_a_started_jax(monkeypatch):
   jax.devices()  # JAX has started in this process: too late to change the device count
-  assert train.set_cpu_devices(-1, 128) == 0
+  assert devices.set_cpu_devices(-1, 128) == 0
   monkeypatch.setenv('JAX_NUM_CPU_DEVICES', '2')
-  assert train.set_cpu_devices(4, 128) == 0
-  assert train.set_cpu_devices(0, 128) == 0
+  assert devices.set_cpu_devices(4, 128) == 0
+  assert devices.set_cpu_devices(0, 128) == 0
 
 
 def test_train_main_cpu_devices_flag_splits_the_host(tmp_path):
@@ -241,7 +255,35 @@ def test_init_from_with_another_class_count_reinitialises_the_head(tmp_path):
   _, trained = compact_flax.load_model(str(tmp_path / 'a'))
   five = compact_flax.create_model('cct_2_3x2_32', **dict(config.model_kwargs), num_classes=5)
   config.init_from = str(tmp_path / 'a')
-  params = train._load_init_params(config, five)
+  params = train.load_init_params(config, five)
   assert params['classifier']['fc']['kernel'].shape == (128, 5)
   np.testing.assert_array_equal(params['classifier']['norm']['scale'],
                                 trained['params']['classifier']['norm']['scale'])
+
+
+def test_a_workdir_in_the_earlier_checkpoint_layout_loads_and_resumes(tmp_path):
+  """Workdirs from before the single manager kept `checkpoints/last` and `checkpoints/best`."""
+  _run(tmp_path, '--config.num_epochs=1', '--config.warmup_epochs=0')
+  root = tmp_path / 'checkpoints'
+  (root / 'last').mkdir()
+  (root / 'best').mkdir()
+  shutil.copytree(root / '22', root / 'best' / '22')
+  (root / '22').rename(root / 'last' / '22')
+  _, variables = compact_flax.load_model(str(tmp_path))
+  _, best = compact_flax.load_model(str(root / 'best' / '22'))
+  jax.tree.map(np.testing.assert_array_equal, variables, best)
+  run = _run(tmp_path, '--config.num_epochs=2', '--config.warmup_epochs=0')
+  assert 'Resuming from step 22' in run.stdout, run.stdout
+  assert _steps(tmp_path) == [44]
+  assert (root / 'last' / '22').is_dir(), 'the earlier checkpoints are left as they were'
+
+
+def test_sources_declare_the_interface_and_the_config_is_saved(tmp_path):
+  for source in (input_pipeline.get_source('digits'), input_pipeline.get_source('synthetic')):
+    assert isinstance(source, data.Source), type(source)
+  config = digits_cct.get_config()
+  config.num_epochs, config.warmup_epochs = 1, 0
+  train.train_and_evaluate(config, str(tmp_path))
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['model'] == 'cct_2_3x2_32' and saved['num_epochs'] == 1
+  assert saved == json.loads(json.dumps(config.to_dict()))

@@ -1,0 +1,70 @@
+"""Devices: the data-parallel mesh, and splitting a CPU-only host into several XLA devices.
+
+Parameters and optimizer state are replicated; batches are sharded on the mesh's 'data' axis.
+The same mesh serves one CPU, eight GPUs or a TPU pod.
+"""
+
+import importlib.metadata
+import os
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+IMAGES_PER_CPU_DEVICE = 8  # measured on 2 cores: benchmarks/RESULTS.md
+CPU_DEVICES_PER_CORE = 8
+
+
+def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A one-axis ('data') mesh over `devices` (default: every device of every process)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), ('data',))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over the devices."""
+  return NamedSharding(mesh, P('data'))
+
+
+def cpu_device_count(batch_size: int, eval_batch_size: int, cores: int) -> int:
+  """The most XLA CPU devices of at least 8 images each (and at most 8 per core) that divide both
+  batch sizes.
+
+  On CPU, data parallelism over many small devices keeps the cores busy and each device's
+  activations in cache. It pays for 32x32 inputs, not for tiny ones, and larger inputs want fewer
+  images per device (benchmarks/RESULTS.md).
+  """
+  target = max(1, min(batch_size // IMAGES_PER_CPU_DEVICE, CPU_DEVICES_PER_CORE * cores))
+  return max(d for d in range(1, target + 1) if batch_size % d == 0 and eval_batch_size % d == 0)
+
+
+def _accelerator_plugin_installed() -> bool:
+  names = {(d.metadata['Name'] or '').lower().replace('_', '-')
+           for d in importlib.metadata.distributions()}
+  return any(n.startswith(('jax-cuda', 'jax-rocm', 'libtpu')) for n in names)
+
+
+def set_cpu_devices(count: int, batch_size: int, eval_batch_size: Optional[int] = None) -> int:
+  """Splits the CPU into `count` XLA devices before JAX starts; -1: `cpu_device_count`.
+
+  -1 applies only where no GPU/TPU plugin is installed (or JAX_PLATFORMS=cpu); accelerator
+  backends are never affected. Returns the count set; 0 when `count` is 0, when the user chose
+  through JAX_NUM_CPU_DEVICES or XLA_FLAGS, or when JAX has already started.
+  """
+  if not count or os.environ.get('JAX_NUM_CPU_DEVICES') or (
+      'host_platform_device_count' in os.environ.get('XLA_FLAGS', '')):
+    return 0
+  if count < 0:
+    if os.environ.get('JAX_PLATFORMS') != 'cpu' and _accelerator_plugin_installed():
+      return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    count = cpu_device_count(batch_size, eval_batch_size or batch_size, cores or 1)
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError:  # backends already initialised
+    return 0
+  return count

@@ -1,0 +1,38 @@
+"""The official recipe's optimizer: timm's cosine schedule with warmup, AdamW, timm's decay rule."""
+
+import flax
+import jax.numpy as jnp
+import optax
+
+
+def create_learning_rate_schedule(config, steps_per_epoch: int):
+  """timm's cosine schedule, per step: linear warmup from `warmup_lr`, cosine over `num_epochs`
+  (warmup included, as timm counts it) down to `min_lr`, then `min_lr` through the cooldown."""
+  warmup = config.warmup_epochs * steps_per_epoch
+  total = config.num_epochs * steps_per_epoch
+  lr, warmup_lr, min_lr = config.learning_rate, config.warmup_lr, config.min_lr
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = warmup_lr + (lr - warmup_lr) * step / max(warmup, 1)
+    cos = min_lr + 0.5 * (lr - min_lr) * (1 + jnp.cos(jnp.pi * jnp.minimum(step, total) / total))
+    return jnp.where(step < warmup, warm, jnp.where(step < total, cos, min_lr))
+
+  return schedule
+
+
+def weight_decay_mask(params):
+  """timm's rule: no weight decay on biases and 1-D parameters (norms); the PE is decayed."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict(
+      {k: v.ndim > 1 and k[-1] != 'bias' for k, v in flat.items()})
+
+
+def create_optimizer(config, schedule) -> optax.GradientTransformation:
+  """Optional global-norm clipping, then AdamW on `schedule`."""
+  parts = []
+  if config.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  parts.append(optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+                           weight_decay=config.weight_decay, mask=weight_decay_mask))
+  return optax.chain(*parts)

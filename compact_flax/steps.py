@@ -1,0 +1,148 @@
+"""The train state, the train and eval steps, and the factories that jit them over a mesh.
+
+`make_train_step` and `make_eval_step` are what `train_and_evaluate` runs, and what the benchmarks
+time: the same function, shardings and donation.
+"""
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from compact_flax import augment
+from compact_flax import devices
+from compact_flax import merge
+
+# (images, key) -> images: the per-image recipe, when the source leaves it to the train step.
+DeviceAugment = Optional[Callable[[jax.Array, jax.Array], jax.Array]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ema_params: Any = None
+
+
+def create_train_state(config, model, tx, params=None) -> TrainState:
+  """Step 0: `params` (default: the model's init with `config.seed`), fresh optimizer state."""
+  if params is None:
+    params = merge.init_variables(model, config.seed)['params']
+  ema = jax.tree.map(jnp.copy, params) if config.ema_decay else None
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    ema_params=ema)
+
+
+def init_state(config, model, tx, mesh: Mesh, params=None) -> TrainState:
+  """`create_train_state`, computed on the devices and replicated over `mesh`."""
+  return jax.jit(functools.partial(create_train_state, config, model, tx),
+                 out_shardings=devices.replicated(mesh))(params)
+
+
+def abstract_state(config, model, tx, mesh: Mesh) -> TrainState:
+  """Shapes, dtypes and shardings of the train state, without computing it (for restoring)."""
+  shapes = jax.eval_shape(functools.partial(create_train_state, config, model, tx))
+  sharding = devices.replicated(mesh)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), shapes)
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
+  """Per-example softmax cross-entropy with smoothed one-hot targets, in float32."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def _gradients(state, images, targets, key, *, model, accum_steps: int):
+  """(mean loss, mean gradients), over `accum_steps` micro-batches of rows j, j+k, ...: each
+  stays on the device that holds it."""
+  def loss_fn(params, images, targets, key):
+    logits = model.apply({'params': params}, images, train=True, rngs={'dropout': key})
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+
+  grad_fn = jax.value_and_grad(loss_fn)
+  k = accum_steps
+  if k == 1:
+    return grad_fn(state.params, images, targets, key)
+  micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((-1, k) + x.shape[1:]), 0, 1),
+                       (images, targets))
+
+  def accumulate(carry, inputs):
+    i, (mb_images, mb_targets) = inputs
+    loss, grads = grad_fn(state.params, mb_images, mb_targets, jax.random.fold_in(key, i))
+    return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+  zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+  # Unrolled: XLA's CPU backend gives convolutions inside a while loop a naive kernel
+  # (benchmarks/RESULTS.md).
+  (loss, grads), _ = jax.lax.scan(accumulate, zero, (jnp.arange(k), micro), unroll=True)
+  return jax.tree.map(lambda x: x / k, (loss, grads))
+
+
+def train_step(state: TrainState, batch, rng, *, model, tx, config,
+               device_augment: DeviceAugment = None, mixup_until_step=None):
+  """One optimizer step on a global batch: (state, batch, rng) -> (state, metrics).
+
+  On the device, in this order: `device_augment` (the per-image recipe, when the source leaves it
+  to the step), Mixup/CutMix with label smoothing (until `mixup_until_step`; None: always),
+  forward, backward, AdamW, EMA.
+  """
+  rng = jax.random.fold_in(rng, state.step)
+  k_drop, k_aug, k_mix = jax.random.split(rng, 3)
+  aug = config.get('aug') or {}
+  images = batch['image']
+  if device_augment is not None:
+    images = device_augment(images, k_aug)
+  enabled = True if mixup_until_step is None else state.step < mixup_until_step
+  images, targets = augment.mixup_cutmix(
+      images.astype(jnp.float32), batch['label'], k_mix, num_classes=model.num_classes,
+      smoothing=config.label_smoothing, mixup_alpha=aug.get('mixup', 0.),
+      cutmix_alpha=aug.get('cutmix', 0.), prob=aug.get('mixup_prob', 1.),
+      switch_prob=aug.get('mixup_switch_prob', .5), enabled=enabled)
+  loss, grads = _gradients(state, images, targets, k_drop, model=model,
+                           accum_steps=config.grad_accum_steps)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = state.ema_params
+  if ema is not None:
+    ema = optax.incremental_update(params, ema, 1.0 - config.ema_decay)
+  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                       ema_params=ema), metrics
+
+
+def eval_step(params, batch, *, model):
+  """Sums over the real (unmasked) rows: loss, top-1 and top-5 hits, count."""
+  logits = model.apply({'params': params}, batch['image'], train=False).astype(jnp.float32)
+  mask = batch['mask'].astype(jnp.float32)
+  loss = cross_entropy(logits, batch['label'], model.num_classes)
+  topk = jax.lax.top_k(logits, min(5, model.num_classes))[1]
+  hits = topk == batch['label'][:, None]
+  return {'loss': (loss * mask).sum(), 'top1': (hits[:, 0] * mask).sum(),
+          'top5': (hits.any(-1) * mask).sum(), 'count': mask.sum()}
+
+
+def make_train_step(config, model, tx, mesh: Mesh, *, steps_per_epoch: int,
+                    device_augment: DeviceAugment = None):
+  """`train_step` jitted over `mesh`: state replicated and donated, batch sharded on 'data'.
+
+  Mixup/CutMix stop after `config.aug.mixup_off_epoch` epochs (0: never, as in timm).
+  """
+  mixup_off = (config.get('aug') or {}).get('mixup_off_epoch', 0)
+  step = functools.partial(train_step, model=model, tx=tx, config=config,
+                           device_augment=device_augment,
+                           mixup_until_step=mixup_off * steps_per_epoch if mixup_off else None)
+  replicated = devices.replicated(mesh)
+  return jax.jit(step, in_shardings=(replicated, devices.batch_sharded(mesh), replicated),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_eval_step(model, mesh: Mesh):
+  """`eval_step` jitted over `mesh`: params replicated, batch sharded, sums replicated."""
+  return jax.jit(functools.partial(eval_step, model=model),
+                 in_shardings=(devices.replicated(mesh), devices.batch_sharded(mesh)),
+                 out_shardings=devices.replicated(mesh))
