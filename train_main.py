@@ -8,7 +8,18 @@ pod leave them out and JAX finds its peers). Intentionally short: the logic is i
 compact_flax/train.py.
 """
 
+import signal
+import threading
+
+# Caught from the first moment: a SIGTERM or Ctrl-C during start-up stops the run cleanly.
+STOP = threading.Event()
+for _sig in (signal.SIGTERM, signal.SIGINT):
+  signal.signal(_sig, lambda *_: STOP.set())
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import os
+import re
+import runpy
 import sys
 
 from absl import app
@@ -19,6 +30,7 @@ from ml_collections import config_flags
 
 from compact_flax import devices
 from compact_flax import train
+from compact_flax import validation
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.', required=True)
@@ -29,6 +41,24 @@ flags.DEFINE_integer('cpu_devices', 0, 'CPU-only hosts: data parallelism over th
                      'devices; -1: one per 8 images of the batch (faster for 32x32 models, slower '
                      'for tiny ones: benchmarks/RESULTS.md); 0: JAX\'s default.')
 FLAGS = flags.FLAGS
+
+
+def parse_flags(argv):
+  """absl's parsing, with one-line errors: an override naming no config field gets close names."""
+  try:
+    return FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    paths = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
+    overrides = [m.group(1) for a in argv for m in [re.match(r'--config\.([\w.]+)', a)] if m]
+    if paths and overrides:
+      try:
+        config = runpy.run_path(paths[-1])['get_config']()
+        message = ' '.join(validation.unknown_overrides(config, overrides)) or message
+      except Exception:  # pylint: disable=broad-except
+        pass
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(1)
 
 
 def main(argv):
@@ -46,7 +76,7 @@ def main(argv):
     devices.set_cpu_devices(FLAGS.cpu_devices, config.batch_size // config.grad_accum_steps,
                             config.eval_batch_size)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, stop_event=STOP)
   except train.TrainingError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -55,4 +85,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('config')
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

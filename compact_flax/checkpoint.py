@@ -1,17 +1,20 @@
-"""On disk: self-describing model checkpoints, the one weight loader, training checkpoints.
+"""Model checkpoints on disk and the one weight loader, `load_model`.
 
-A converted directory (`save_model`, the converter's output) holds two Orbax items, `variables`
-and `model` (JSON: `{"model": NAME, "model_kwargs": {...}, "data": {...}}`). A training run keeps
-its steps under `WORKDIR/checkpoints/<step>` with items `state` and `model` (and Orbax's
-`metrics` where the step was evaluated). `load_model` reads either, and a training workdir:
+A converted directory (`save_model`, the converter's output) holds Orbax items `variables`, `model`
+(JSON: `{"model": NAME, "model_kwargs": {...}, "data": {...}}`) and `integrity` (a CRC-32 of every
+array, checked when read). A training run keeps its steps under `WORKDIR/checkpoints/<step>`
+(`train_checkpoints.py`) with `state` in place of `variables`. `load_model` reads any of them, or
+a training workdir, whose best intact step it picks:
 
     model, variables = compact_flax.load_model('converted/cct_7_3x1_32')
     model, variables = compact_flax.load_model('/tmp/digits_cct', num_classes=5)  # new head
 """
 
 import json
+import logging
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+import zlib
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
@@ -21,6 +24,7 @@ from compact_flax import merge
 from compact_flax import models
 
 CheckpointError = merge.CheckpointError
+log = logging.getLogger(__name__)
 
 
 def model_spec(model_name: str, model_kwargs: Mapping[str, Any],
@@ -51,6 +55,37 @@ def build_from_spec(spec: Mapping[str, Any], **overrides):
   return models.create_model(spec['model'], **kwargs)
 
 
+# --- Integrity -------------------------------------------------------------------------------------
+
+def fingerprint(tree) -> Dict[str, str]:
+  """CRC-32 of every array's bytes, by path: written with a checkpoint, checked when it is read.
+
+  A replicated jax.Array is read from this process's copy.
+  """
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if isinstance(leaf, jax.Array):
+      leaf = leaf.addressable_data(0)
+    data = np.ascontiguousarray(np.asarray(leaf)).reshape(-1).view(np.uint8)
+    out[jax.tree_util.keystr(path, simple=True, separator='/')] = f'{zlib.crc32(data):08x}'
+  return out
+
+
+def verify(tree, expected: Optional[Mapping[str, str]], where: str):
+  """Raises CheckpointError naming the first array of `tree` whose bytes differ from when it was
+  saved. `expected` may cover more than `tree` (the whole train state when only params are read);
+  None: written before checkpoints carried checksums."""
+  if expected is None:
+    return
+  actual = fingerprint(tree)
+  prefixes = tuple(f'{k}/' for k in tree) if isinstance(tree, Mapping) else ('',)
+  expected = {k: v for k, v in expected.items() if k.startswith(prefixes)}
+  for key in sorted(set(expected) | set(actual)):
+    if expected.get(key) != actual.get(key):
+      raise CheckpointError(f'{where} failed its integrity check: {key or "the array"} is not what '
+                            'was saved (the files were changed or damaged after writing).')
+
+
 def save_model(directory: str, model_name: str, model_kwargs: Mapping[str, Any], variables,
                *, force: bool = False, data: Optional[Mapping[str, Any]] = None) -> str:
   """Writes `variables` and the model description to `directory` (Orbax, written atomically).
@@ -62,75 +97,148 @@ def save_model(directory: str, model_name: str, model_kwargs: Mapping[str, Any],
   if os.path.exists(directory) and os.listdir(directory) and not force:
     raise FileExistsError(f'{directory} exists and is not empty; choose a new directory or pass '
                           'force=True (--force) to replace it.')
+  variables = jax.device_get(variables)
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     ckptr.save(directory, ocp.args.Composite(
-        variables=ocp.args.StandardSave(jax.device_get(variables)),
-        model=ocp.args.JsonSave(model_spec(model_name, model_kwargs, data))), force=True)
+        variables=ocp.args.StandardSave(variables),
+        model=ocp.args.JsonSave(model_spec(model_name, model_kwargs, data)),
+        integrity=ocp.args.JsonSave({'variables': fingerprint(variables)})), force=True)
   return directory
 
 
-# --- Reading -------------------------------------------------------------------------------------
+# --- Finding a checkpoint ----------------------------------------------------------------------------
 
-def _top1(metrics) -> float:
-  return metrics['eval_top1']
-
-
-def _steps(root: str):
-  return [int(d) for d in os.listdir(root) if d.isdigit()] if os.path.isdir(root) else []
+def steps(root: str) -> List[int]:
+  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
 
 
-def _reader(root: str, item_handlers=None) -> ocp.CheckpointManager:
-  """A manager that only reads `root`: it never saves, so it never deletes. (Orbax's read_only
-  mode would do the same, with a warning on every use.)"""
-  options = ocp.CheckpointManagerOptions(create=False, save_interval_steps=0, best_fn=_top1,
-                                         best_mode='max')
-  return ocp.CheckpointManager(root, item_handlers=item_handlers, options=options)
+def short_reason(e: BaseException) -> str:
+  """An exception in one readable line: tensorstore's specs dropped, long messages cut."""
+  text = str(e).splitlines()[0] if str(e) else 'no details'
+  text = text.split(' [tensorstore_spec')[0]
+  return f'{type(e).__name__}: ' + (text if len(text) <= 240 else '...' + text[-240:])
 
 
-def _best_or_latest(root: str) -> int:
-  """A manager directory's best step by eval top-1, else its latest."""
-  with _reader(root) as manager:
-    best = manager.best_step()
-  return max(_steps(root)) if best is None else best
+def read_json(path: str):
+  """A small JSON file of a checkpoint."""
+  with open(path) as f:
+    return json.load(f)
 
 
-def resolve(directory: str) -> str:
-  """The checkpoint directory meant by `directory`.
+def step_problem(step_dir: str) -> str:
+  """Why a saved step's small files cannot be read ('' when they can). Arrays are checked when
+  they are restored."""
+  files = ['_CHECKPOINT_METADATA', 'model/metadata', 'metrics/metrics', 'integrity/metadata']
+  for name in files:
+    path = os.path.join(step_dir, name)
+    if name != files[0] and not os.path.exists(path):
+      continue
+    try:
+      content = read_json(path)
+    except (OSError, ValueError) as e:
+      return f'{name} is unreadable ({type(e).__name__})'
+    if name == 'model/metadata' and not (isinstance(content, dict) and 'model' in content):
+      return f'{name} holds no model description'
+  return ''
 
-  A converted directory or a training step directory is itself; a training workdir or its
-  `checkpoints/` means its best evaluated step, else its latest. Workdirs written with separate
-  `checkpoints/best` and `checkpoints/last` managers resolve to best, else last.
+
+def _metric(step_dir: str) -> Optional[float]:
+  path = os.path.join(step_dir, 'metrics', 'metrics')
+  if os.path.exists(path):
+    value = read_json(path).get('eval_top1')
+    return value if isinstance(value, (int, float)) else None
+  return None
+
+
+def candidates(directory: str) -> List[str]:
+  """The checkpoint directories `directory` may mean, most wanted first.
+
+  A converted directory or a training step is itself. A training workdir, or its `checkpoints/`,
+  offers its intact steps: the best by eval top-1, then the newest to the oldest. Workdirs with the
+  earlier `checkpoints/best` + `checkpoints/last` layout offer best, then last. Damaged steps are
+  skipped with a warning.
   """
   directory = os.path.abspath(directory)
   if os.path.exists(os.path.join(directory, 'model', 'metadata')):
-    return directory
+    return [directory]
+  found = []
   for sub in ('checkpoints', '', 'checkpoints/best', 'checkpoints/last'):
     root = os.path.join(directory, sub) if sub else directory
-    if _steps(root):
-      return os.path.join(root, str(_best_or_latest(root)))
-  raise FileNotFoundError(
-      f'{directory} is not a compact-flax checkpoint: no model/metadata inside, and no saved '
-      'steps under it. Make one with convert_torch_weights.py or train_main.py.')
+    intact = []
+    for step in reversed(steps(root)):
+      step_dir = os.path.join(root, str(step))
+      problem = step_problem(step_dir)
+      if problem:
+        log.warning('Skipping the damaged checkpoint %s: %s.', step_dir, problem)
+      else:
+        intact.append(step_dir)
+    scored = [(m, d) for d in intact for m in [_metric(d)] if m is not None]
+    best = [max(scored, key=lambda x: x[0])[1]] if scored else []
+    found += best + [d for d in intact if d not in best and d not in found]
+    if found and sub in ('checkpoints', ''):
+      break
+  if not found:
+    raise FileNotFoundError(
+        f'{directory} is not a compact-flax checkpoint: no model/metadata inside, and no intact '
+        'saved steps under it. Make one with convert_torch_weights.py or train_main.py.')
+  return found
+
+
+def resolve(directory: str) -> str:
+  """The checkpoint directory `directory` means (the first of `candidates`)."""
+  return candidates(directory)[0]
 
 
 def read_spec(directory: str) -> Dict[str, Any]:
   """The model description stored with a checkpoint (see `model_spec`)."""
-  with open(os.path.join(resolve(directory), 'model', 'metadata')) as f:
-    return json.load(f)
+  path = os.path.join(resolve(directory), 'model', 'metadata')
+  try:
+    return read_json(path)
+  except ValueError as e:
+    raise CheckpointError(f'{path} is damaged ({e}).') from None
+
+
+# --- Loading -------------------------------------------------------------------------------------
+
+def _restore_params(directory: str, use_ema: bool):
+  """(spec, params) of one checkpoint directory, verified against its checksums."""
+  item = 'variables' if os.path.isdir(os.path.join(directory, 'variables')) else 'state'
+  try:
+    spec = read_json(os.path.join(directory, 'model', 'metadata'))
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+      tree = ckptr.restore(directory, ocp.args.Composite(**{item: ocp.args.StandardRestore()}))[item]
+    sums = (read_json(os.path.join(directory, 'integrity', 'metadata')).get(item)
+            if os.path.exists(os.path.join(directory, 'integrity')) else None)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'Cannot read the checkpoint at {directory} ({short_reason(e)}).'
+                          ) from None
+  key = 'ema_params' if use_ema and item == 'state' else 'params'
+  if tree.get(key) is None:
+    raise ValueError(f'{directory} has no EMA weights (the run had ema_decay 0).')
+  verify({key: tree[key]}, sums, directory)
+  return spec, tree[key]
+
+
+def verify_checkpoint(directory: str):
+  """Reads every array of a converted or step directory and checks it against its checksums;
+  CheckpointError (or FileNotFoundError) says what is wrong."""
+  _restore_params(resolve(directory), use_ema=False)
 
 
 def load_params(directory: str, *, use_ema: bool = False) -> Tuple[Dict[str, Any], Any]:
-  """(model spec, params) as stored: a converted directory, a training checkpoint or a workdir."""
-  directory = resolve(directory)
-  spec = read_spec(directory)
-  item = 'variables' if os.path.isdir(os.path.join(directory, 'variables')) else 'state'
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    tree = ckptr.restore(directory, ocp.args.Composite(**{item: ocp.args.StandardRestore()}))[item]
-  if item == 'variables':
-    return spec, tree['params']
-  if use_ema and tree.get('ema_params') is None:
-    raise ValueError(f'{directory} has no EMA weights (the run had ema_decay 0).')
-  return spec, tree['ema_params' if use_ema else 'params']
+  """(model spec, params) as stored: a converted directory, a training checkpoint or a workdir.
+
+  In a workdir, a step that fails to load or to verify is skipped, with a warning, for the next.
+  """
+  options = candidates(directory)
+  for i, path in enumerate(options):
+    try:
+      return _restore_params(path, use_ema)
+    except CheckpointError as e:
+      if i + 1 == len(options):
+        raise
+      log.warning('%s Trying %s instead.', e, options[i + 1])
+  raise AssertionError('unreachable')
 
 
 def load_model(directory: str, *, img_size=None, num_classes: Optional[int] = None,
@@ -150,90 +258,3 @@ def load_model(directory: str, *, img_size=None, num_classes: Optional[int] = No
   model = build_from_spec(spec, **overrides)
   return model, merge.fit_params(model, params, seed=seed,
                                  hint=f'{directory} holds {spec["model"]}')
-
-
-# --- Training checkpoints ------------------------------------------------------------------------
-
-class TrainCheckpoints:
-  """`WORKDIR/checkpoints`: one Orbax manager that keeps the latest `keep` steps and the best step
-  by eval top-1. Each step holds `state` and `model` (the JSON spec); evaluated steps also hold
-  their metrics. Saves may run in the background; only one is in flight at a time."""
-
-  def __init__(self, workdir: str, spec: Mapping[str, Any], *, keep: int, async_save: bool = True):
-    self.spec = dict(spec)
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    policies = ocp.checkpoint_managers
-    self.manager = ocp.CheckpointManager(
-        self.directory, item_handlers=self._handlers(),
-        options=ocp.CheckpointManagerOptions(
-            create=True, best_fn=_top1, best_mode='max',
-            enable_async_checkpointing=async_save,
-            preservation_policy=policies.AnyPreservationPolicy([
-                policies.LatestN(n=keep),
-                policies.BestN(get_metric_fn=_top1, n=1, keep_checkpoints_without_metrics=False),
-            ])))
-
-  @staticmethod
-  def _handlers():
-    return dict(state=ocp.StandardCheckpointHandler(), model=ocp.JsonCheckpointHandler())
-
-  def latest_step(self) -> Optional[int]:
-    return self.manager.latest_step()
-
-  def save(self, state, step: int, metrics: Optional[Mapping[str, Any]] = None):
-    """Saves `state` as `step` unless that step is saved already; `metrics` rank it for best."""
-    if self.manager.latest_step() == step:
-      return
-    if metrics is not None:
-      metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    model=ocp.args.JsonSave(self.spec)),
-                      metrics=metrics)
-
-  def restore_latest(self, abstract_state):
-    """The latest saved state (shaped and sharded like `abstract_state`), or None.
-
-    A workdir written with separate `checkpoints/last` and `checkpoints/best` managers resumes
-    from `last`; new steps are written in the current layout.
-    """
-    manager, legacy = self.manager, None
-    if manager.latest_step() is None and _steps(os.path.join(self.directory, 'last')):
-      manager = legacy = _reader(os.path.join(self.directory, 'last'), self._handlers())
-    try:
-      step = manager.latest_step()
-      return None if step is None else self._restore(manager, step, abstract_state)
-    finally:
-      if legacy is not None:
-        legacy.close()
-
-  def _restore(self, manager, step: int, abstract_state):
-    where = os.path.join(manager.directory, str(step))
-    try:
-      stored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))['model']
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f'Cannot read the checkpoint at {where} ({type(e).__name__}: {e}); '
-                            'move it away to resume from the one before, or use a new '
-                            '--workdir.') from None
-    ignore = lambda s: (s['model'], {k: v for k, v in s['model_kwargs'].items() if k != 'dtype'})
-    if ignore(stored) != ignore(self.spec):
-      raise CheckpointError(f'The workdir holds a checkpoint of {ignore(stored)} but the config '
-                            f'builds {ignore(self.spec)}: use a new --workdir, or the config it '
-                            'was trained with.')
-    try:
-      return manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))['state']
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f'Cannot restore the checkpoint at {where} ({type(e).__name__}: '
-                            f'{str(e).splitlines()[0][:200]}); move it away or use a new '
-                            '--workdir.') from None
-
-  def close(self):
-    """Waits for a save in flight, then releases the manager."""
-    self.manager.wait_until_finished()
-    self.manager.close()
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()

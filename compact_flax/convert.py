@@ -7,6 +7,7 @@ PyTorch is needed only here, to read the `.pth` file (`pip install "compact-flax
 """
 
 import logging
+import os
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -64,6 +65,17 @@ def _import_torch():
   return torch
 
 
+def _load_failure(path: str, e: Exception) -> str:
+  """Why torch.load refused a file, in one line, without its advice to load unsafely."""
+  if os.path.getsize(path) == 0:
+    return 'the file is empty.'
+  text = str(e)
+  if 'Weights only load failed' in text:
+    return ('it holds Python objects besides tensors, which are not loaded because unpickling '
+            'them could run code. Save the state dict alone (torch.save(model.state_dict(), ...)).')
+  return f'{type(e).__name__}: {text.splitlines()[0] if text else "no details"}'
+
+
 def read_state_dict(path: str, *, use_ema: bool = False) -> Dict[str, np.ndarray]:
   """Reads an official `.pth` state dict or a timm training checkpoint into numpy arrays.
 
@@ -76,7 +88,8 @@ def read_state_dict(path: str, *, use_ema: bool = False) -> Dict[str, np.ndarray
   except FileNotFoundError:
     raise
   except Exception as e:  # pickle, zip and torch errors all mean the same to the user
-    raise CheckpointError(f'{path} is not a PyTorch checkpoint torch.load can read: {e}') from e
+    raise CheckpointError(f'{path} is not a PyTorch checkpoint torch.load can read: '
+                          f'{_load_failure(path, e)}') from None
   if isinstance(obj, Mapping):
     wanted = ('state_dict_ema',) if use_ema else ('state_dict', 'model', 'state_dict_ema')
     for key in wanted:

@@ -9,6 +9,7 @@ of (seed, epoch): a resumed run sees the same batches, and each process reads it
 TensorFlow is imported only when a tf.data source is built.
 """
 
+import difflib
 import functools
 import logging
 import math
@@ -176,8 +177,13 @@ class TFDSSource(TFDataSource):
     try:
       self.builder = tfds.builder(tfds_name, data_dir=data_dir)
     except Exception as e:  # pylint: disable=broad-except
+      close = difflib.get_close_matches(tfds_name, list(KNOWN) + list(data_lib.SOURCES) + [
+          n.split('/')[0] for n in tfds.list_builders()], n=3, cutoff=0.6)
+      hint = f' Did you mean: {", ".join(dict.fromkeys(close))}?' if close else ''
       raise ValueError(f"Unknown dataset '{name}': not a compact-flax source "
-                       f"({sorted(data_lib.SOURCES)}) nor a TFDS dataset ({e}).") from None
+                       f"({sorted(data_lib.SOURCES)}, 'folder:PATH') nor a TFDS dataset "
+                       f'({str(e).splitlines()[0] if str(e) else type(e).__name__}).{hint}'
+                       ) from None
     if not self.builder.is_prepared():
       hint = (f'Prepare it where there is network access with `tfds build {tfds_name} '
               f'--data_dir=DIR` (ImageNet needs its archives placed in DIR/downloads/manual '

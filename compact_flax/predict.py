@@ -32,11 +32,24 @@ def eval_spec(spec: Dict[str, Any], model) -> Dict[str, Any]:
   return data
 
 
+def to_8bit(img):
+  """16-bit, 32-bit integer and float greyscale images as 8-bit 'L', scaled rather than clipped
+  (PIL's own conversion saturates them); other modes as they are, for `convert`."""
+  if img.mode not in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I', 'F'):
+    return img
+  a = np.asarray(img, np.float64)
+  if img.mode == 'F':
+    scale = 255.0 if a.max() <= 1.0 else 1.0  # floats in [0, 1], else already in [0, 255]
+  else:
+    scale = 255.0 / 65535.0 if img.mode.startswith('I;16') or a.max() > 255 else 1.0
+  return Image.fromarray(np.clip(np.round(a * scale), 0, 255).astype(np.uint8), 'L')
+
+
 def preprocess(path: str, model, data: Dict[str, Any]) -> np.ndarray:
   """An image file -> (H, W, C) float32 as the model was evaluated in training."""
   h, w = (model.img_size,) * 2 if isinstance(model.img_size, int) else model.img_size
   with Image.open(path) as img:
-    img = img.convert('L' if model.n_input_channels == 1 else 'RGB')
+    img = to_8bit(img).convert('L' if model.n_input_channels == 1 else 'RGB')
     scale = int(max(h, w) / data['crop_pct']) / min(img.size)
     size = (max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale)))
     method = {'bicubic': Image.BICUBIC, 'bilinear': Image.BILINEAR}[data['interpolation']]
@@ -80,6 +93,22 @@ def load(args):
   return model, variables, eval_spec(checkpoint.read_spec(directory), model)
 
 
+# What a bad --checkpoint, --model or --source raises: reported in one line.
+LOAD_ERRORS = (FileNotFoundError, ValueError, TypeError, OSError, RuntimeError, ImportError)
+
+
+def describe(e: Exception) -> str:
+  text = str(e).replace('\n', ' | ')
+  return text if text else type(e).__name__
+
+
+def positive_int(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'{value} is not a positive integer')
+  return value
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('images', nargs='+')
@@ -87,9 +116,13 @@ def main(argv=None):
   parser.add_argument('--model', help='registered name, with --pretrained')
   parser.add_argument('--pretrained', action='store_true')
   parser.add_argument('--source', help='local .pth, converted dir or URL for --pretrained')
-  parser.add_argument('--top_k', type=int, default=5)
+  parser.add_argument('--top_k', type=positive_int, default=5)
   args = parser.parse_args(argv)
-  model, variables, data = load(args)
+  try:
+    model, variables, data = load(args)
+  except LOAD_ERRORS as e:
+    print(f'error: {describe(e)}', file=sys.stderr)
+    return 1
   results, failed = predict_files(model, variables, data, args.images, args.top_k)
   for path, top in results:
     print(f'{path}: ' + ', '.join(f'{name} {p:.3f}' for name, p in top))

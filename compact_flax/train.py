@@ -1,9 +1,10 @@
 """The training job: config -> source -> model -> jitted steps over a mesh -> checkpoints, metrics.
 
 `train_and_evaluate(config, workdir)` is the whole job, read top to bottom. Its pieces live by
-concern: `devices` (mesh, CPU split), `optim` (schedule, AdamW), `steps` (state, train and eval
-steps, their jitted factories), `checkpoint` (Orbax, the one weight loader), `input_pipeline`
-(sources by name). Here: config checks, evaluation, progress, signals and metrics files.
+concern: `validation` (config checks), `devices` (mesh, CPU split), `optim` (schedule, AdamW),
+`steps` (state, train and eval steps, their jitted factories), `train_checkpoints` (Orbax),
+`checkpoint` (the one weight loader), `workdir` (lock, config.json, metrics files),
+`input_pipeline` (sources by name). Here: the loop, evaluation, progress and signals.
 """
 
 import json
@@ -19,25 +20,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from tensorboardX import SummaryWriter
 
 from compact_flax import checkpoint
 from compact_flax import data as data_lib
 from compact_flax import devices
+from compact_flax import errors
 from compact_flax import input_pipeline
 from compact_flax import merge
 from compact_flax import models
 from compact_flax import optim
 from compact_flax import steps
+from compact_flax import train_checkpoints
+from compact_flax import validation
+from compact_flax import workdir as workdir_lib
 
-
-class TrainingError(RuntimeError):
-  """A problem the user must fix (bad config, bad checkpoint, diverged run); one line each."""
-
-
-REQUIRED_FIELDS = ('model', 'model_kwargs', 'dataset', 'num_epochs', 'batch_size', 'seed',
-                   'learning_rate', 'weight_decay', 'warmup_epochs', 'warmup_lr', 'min_lr',
-                   'cooldown_epochs', 'init_from', 'eval_only')
+TrainingError = errors.TrainingError
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -54,23 +51,10 @@ def _fmt_time(seconds: float) -> str:
 # --- Setting up --------------------------------------------------------------------------------
 
 def check_config(config, num_devices: int):
-  """One-line errors for configs that cannot run on `num_devices` devices."""
-  missing = [f for f in REQUIRED_FIELDS if f not in config]
-  if missing:
-    raise TrainingError(f'config lacks {missing}; start from configs/common.py.')
-  if config.batch_size % (num_devices * config.grad_accum_steps):
-    raise TrainingError(f'batch_size {config.batch_size} does not divide over {num_devices} '
-                        f'devices x {config.grad_accum_steps} accumulation steps: make it a '
-                        f'multiple of {num_devices * config.grad_accum_steps}.')
-  if config.eval_batch_size % num_devices:
-    raise TrainingError(f'eval_batch_size {config.eval_batch_size} does not divide over '
-                        f'{num_devices} devices.')
-  mixup_mode = (config.get('aug') or {}).get('mixup_mode', 'batch')
-  if mixup_mode != 'batch':
-    raise TrainingError(f"aug.mixup_mode '{mixup_mode}' is not implemented; the official "
-                        "recipes use 'batch'.")
-  if config.dtype not in DTYPES:
-    raise TrainingError(f"Unknown dtype '{config.dtype}'; expected one of {sorted(DTYPES)}.")
+  """Every config value, before anything starts: one error naming each problem."""
+  problems = validation.problems(config, num_devices)
+  if problems:
+    raise TrainingError(' '.join(problems))
 
 
 def get_source(config):
@@ -82,7 +66,7 @@ def get_source(config):
 
 def build_model(config, source):
   """The configured model for `source`'s class count; checks the image shape fits."""
-  kwargs = dict(config.model_kwargs)
+  kwargs = validation.model_kwargs(config)
   kwargs.setdefault('num_classes', source.num_classes)
   try:
     model = models.create_model(config.model, dtype=DTYPES[config.dtype], **kwargs)
@@ -121,24 +105,15 @@ def load_init_params(config, model):
 
 
 def restore_or_init(config, model, tx, mesh, checkpoints) -> steps.TrainState:
-  """The workdir's latest state if there is one, else step 0 (from `init_from` if set)."""
-  try:
-    state = checkpoints.restore_latest(steps.abstract_state(config, model, tx, mesh))
-  except checkpoint.CheckpointError as e:
-    raise TrainingError(str(e)) from None
+  """The workdir's newest intact state if there is one, else step 0 (from `init_from` if set)."""
+  state = checkpoints.restore_latest(steps.abstract_state(config, model, tx, mesh))
+  for note in checkpoints.notes:
+    _say(f'warning: {note}')
   if state is not None:
     _say(f'Resuming from step {int(state.step)} in {os.path.dirname(checkpoints.directory)}.')
     return state
   params = load_init_params(config, model) if config.init_from else None
   return steps.init_state(config, model, tx, mesh, params)
-
-
-def write_config(config, workdir: str):
-  """The resolved config, as `WORKDIR/config.json` (process 0)."""
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(config.to_dict(), f, indent=2, sort_keys=True)
 
 
 # --- Evaluation, progress, signals, metrics files ------------------------------------------------
@@ -231,10 +206,14 @@ class Progress:
 
 
 class StopSignal:
-  """SIGTERM/SIGINT ask the loop to save and exit cleanly instead of dying mid-write."""
+  """SIGTERM/SIGINT ask the run to stop cleanly (saving in the loop) instead of dying mid-write.
 
-  def __init__(self):
-    self.event, self.previous = threading.Event(), {}
+  `event` may be one that `train_main.py` set up before its imports, so that a signal in the first
+  seconds is not lost.
+  """
+
+  def __init__(self, event: Optional[threading.Event] = None):
+    self.event, self.previous = event or threading.Event(), {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -255,92 +234,75 @@ class StopSignal:
         multihost_utils.process_allgather(np.int32(self.event.is_set())).any())
 
 
-class MetricsWriter:
-  """metrics.jsonl (one object per evaluation) and TensorBoard events, from process 0 only."""
-
-  def __init__(self, workdir):
-    self.enabled = jax.process_index() == 0
-    if self.enabled:
-      self.path = os.path.join(workdir, 'metrics.jsonl')
-      self.tb = SummaryWriter(workdir)
-
-  def write(self, record: Dict[str, Any]):
-    if not self.enabled:
-      return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
-    for k, v in record.items():
-      if k != 'step' and isinstance(v, (int, float)):
-        self.tb.add_scalar(k, v, record['step'])
-    self.tb.flush()
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    if self.enabled:
-      self.tb.close()
-
-
 # --- The job -----------------------------------------------------------------------------------
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_event: Optional[threading.Event] = None) -> Dict[str, Any]:
   """Trains (or with `config.eval_only`, evaluates) and returns the last metrics record."""
   mesh = devices.make_mesh()
   check_config(config, mesh.size)
-  source = get_source(config)
-  model, model_kwargs = build_model(config, source)
-  epoch_steps = steps_per_epoch(config, source)
-  total_steps = (config.num_epochs + config.cooldown_epochs) * epoch_steps
-  schedule = optim.create_learning_rate_schedule(config, epoch_steps)
-  tx = optim.create_optimizer(config, schedule)
-  write_config(config, workdir)
-  spec = checkpoint.model_spec(config.model, model_kwargs, data={
-      'dataset': source.name, 'class_names': list(source.class_names), **source.normalization})
-  checkpoints = checkpoint.TrainCheckpoints(workdir, spec, keep=config.keep_checkpoints,
-                                            async_save=config.get('checkpoint_async', True))
-  with checkpoints, MetricsWriter(workdir) as writer:
-    state = restore_or_init(config, model, tx, mesh, checkpoints)
-    evaluate = Evaluator(config, model, mesh, source, schedule, epoch_steps, writer)
-    n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    _say(f'{config.model}: {n_params:,} parameters; {source.name}: {source.num_train} train / '
-         f'{source.num_eval} eval images; {mesh.size} device(s) on {jax.process_count()} '
-         f'process(es); {epoch_steps} steps/epoch, {total_steps} steps; config in '
-         f'{os.path.join(workdir, "config.json")}.')
-    if config.eval_only:
-      return evaluate.once(state)
+  workdir_lib.check_path(workdir)
+  with StopSignal(stop_event) as stop, workdir_lib.WorkdirLock(workdir):
+    source = get_source(config)
+    model, model_kwargs = build_model(config, source)
+    epoch_steps = steps_per_epoch(config, source)
+    total_steps = (config.num_epochs + config.cooldown_epochs) * epoch_steps
+    schedule = optim.create_learning_rate_schedule(config, epoch_steps)
+    tx = optim.create_optimizer(config, schedule)
+    workdir_lib.write_config(config, workdir)
+    spec = checkpoint.model_spec(config.model, model_kwargs, data={
+        'dataset': source.name, 'class_names': list(source.class_names), **source.normalization})
+    checkpoints = train_checkpoints.TrainCheckpoints(
+        workdir, spec, keep=config.keep_checkpoints, async_save=config.checkpoint_async)
+    with checkpoints:
+      state = restore_or_init(config, model, tx, mesh, checkpoints)
+      with workdir_lib.MetricsWriter(workdir, int(state.step)) as writer:
+        evaluate = Evaluator(config, model, mesh, source, schedule, epoch_steps, writer)
+        _say(f'{config.model}: {sum(x.size for x in jax.tree.leaves(state.params)):,} parameters; '
+             f'{source.name}: {source.num_train} train / {source.num_eval} eval images; '
+             f'{mesh.size} device(s) on {jax.process_count()} process(es); {epoch_steps} '
+             f'steps/epoch, {total_steps} steps; config in {workdir}/config.json.')
+        if config.eval_only:
+          return evaluate.once(state)
+        if stop.event.is_set():
+          _say('Stopped by signal before the first step; nothing new to save.')
+          return {}
+        train_step = steps.make_train_step(config, model, tx, mesh, steps_per_epoch=epoch_steps,
+                                           device_augment=source.device_augment)
+        return train_loop(config, state, train_step, source, mesh, evaluate, checkpoints, stop,
+                          Progress(config, epoch_steps, total_steps, schedule,
+                                   checkpoints.latest_step, workdir))
 
-    train_step = steps.make_train_step(config, model, tx, mesh, steps_per_epoch=epoch_steps,
-                                       device_augment=source.device_augment)
-    rng, start, t_start, record = jax.random.key(config.seed), int(state.step), time.time(), {}
-    batches = data_lib.prefetch(source.train_batches(
-        start, batch_size=config.batch_size, seed=config.seed,
-        sharding=devices.batch_sharded(mesh)))
-    progress = Progress(config, epoch_steps, total_steps, schedule, checkpoints.latest_step,
-                        workdir)
-    with StopSignal() as stop:
-      for step in range(start, total_steps):
-        state, metrics = train_step(state, next(batches), rng)
-        progress.add(metrics['loss'])
-        done = step + 1
-        epoch_end, final = done % epoch_steps == 0, done == total_steps
-        sync_point = done % config.log_every_steps == 0 or epoch_end or final
-        save = done % config.checkpoint_every_steps == 0 or epoch_end or final
-        if sync_point or save or stop.event.is_set():
-          progress.report(done)
-        evaluated = epoch_end and (done // epoch_steps % config.eval_every_epochs == 0 or final)
-        if evaluated:
-          record = evaluate(state, done, train_loss=progress.take_train_loss(),
-                            images_per_sec=progress.rate)
-          _say('  ' + ', '.join(f'{k} {v:.4f}' for k, v in record.items()
-                                if k.startswith(('eval', 'ema')) and v is not None))
-        if save:
-          checkpoints.save(state, done, metrics=record if evaluated else None)
-        if stop.requested(sync_point):
-          checkpoints.save(state, done)
-          _say(f'Stopped by signal at step {done}; checkpoint saved. Relaunch with the same '
-               '--workdir to resume.')
-          return record
+
+def train_loop(config, state, train_step, source, mesh, evaluate, checkpoints, stop,
+               progress) -> Dict[str, Any]:
+  """Steps from `state.step` to the end: reports, evaluations, checkpoints, a clean stop."""
+  rng, start, t_start, record = jax.random.key(config.seed), int(state.step), time.time(), {}
+  batches = data_lib.prefetch(source.train_batches(
+      start, batch_size=config.batch_size, seed=config.seed, sharding=devices.batch_sharded(mesh)))
+  epoch_steps, total_steps = progress.steps_per_epoch, progress.total_steps
+  for step in range(start, total_steps):
+    state, metrics = train_step(state, next(batches), rng)
+    progress.add(metrics['loss'])
+    done = step + 1
+    epoch_end, final = done % epoch_steps == 0, done == total_steps
+    sync_point = done % config.log_every_steps == 0 or epoch_end or final
+    save = done % config.checkpoint_every_steps == 0 or epoch_end or final
+    if sync_point or save or stop.event.is_set():
+      progress.report(done)
+    evaluated = epoch_end and (done // epoch_steps % config.eval_every_epochs == 0 or final)
+    if evaluated:
+      record = evaluate(state, done, train_loss=progress.take_train_loss(),
+                        images_per_sec=progress.rate)
+      _say('  ' + ', '.join(f'{k} {v:.4f}' for k, v in record.items()
+                            if k.startswith(('eval', 'ema')) and v is not None))
+    if save:
+      checkpoints.save(state, done, metrics=record if evaluated else None)
+    if stop.requested(sync_point):
+      checkpoints.save(state, done)
+      _say(f'Stopped by signal at step {done}; checkpoint saved. Relaunch with the same '
+           '--workdir to resume.')
+      return record
   _say(f'Done: {total_steps} steps in {_fmt_time(time.time() - t_start)}.')
   return record
 

@@ -9,6 +9,7 @@ side by side.
 """
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -64,13 +65,31 @@ def main(argv=None):
   parser.add_argument('--model')
   parser.add_argument('--pretrained', action='store_true')
   parser.add_argument('--source')
-  parser.add_argument('--panel', type=int, default=256, help='height of each panel in pixels')
+  parser.add_argument('--panel', type=predict.positive_int, default=256,
+                      help='height of each panel in pixels')
   args = parser.parse_args(argv)
-  model, variables, data = predict.load(args)
-  x = predict.preprocess(args.image, model, data)
+  folder = os.path.dirname(os.path.abspath(args.output))
+  if not os.path.isdir(folder):
+    print(f'error: --output {args.output}: the folder {folder} does not exist.', file=sys.stderr)
+    return 1
+  try:
+    model, variables, data = predict.load(args)
+  except predict.LOAD_ERRORS as e:
+    print(f'error: {predict.describe(e)}', file=sys.stderr)
+    return 1
+  try:
+    x = predict.preprocess(args.image, model, data)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f'error: {args.image}: cannot read this image ({type(e).__name__}: {e})',
+          file=sys.stderr)
+    return 1
   weights = token_weights(model, variables, x[None])[0]
   shown = x * np.asarray(data['std'], np.float32) + np.asarray(data['mean'], np.float32)
-  render(shown, weights, args.panel).save(args.output)
+  try:
+    render(shown, weights, args.panel).save(args.output)
+  except (OSError, ValueError) as e:
+    print(f'error: cannot write {args.output} ({e})', file=sys.stderr)
+    return 1
   results, _ = predict.predict_files(model, variables, data, [args.image], 1)
   name, p = results[0][1][0]
   print(f'Wrote {args.output}: top-1 {name} ({p:.3f}); pooling weights max {weights.max():.3f} '

@@ -128,7 +128,8 @@ def download(url: str, directory: str) -> str:
 def pretrained_dir(name: str, source: Optional[str] = None, *,
                    dataset: Optional[str] = None) -> str:
   """A converted checkpoint directory holding the weights of `name` (the official ones, or those
-  at `source`): downloaded and converted once, then served from the cache.
+  at `source`): downloaded and converted once, then served from the cache. A cached conversion
+  that fails its integrity check, or a cached download that no longer reads, is made again.
 
   `source` may be a URL, a local `.pth`, or a converted directory (returned as it is).
   """
@@ -140,19 +141,38 @@ def pretrained_dir(name: str, source: Optional[str] = None, *,
     source = BASE_URL + PRETRAINED[name][0]
   if os.path.isdir(source):
     return source
-  root = cache_dir()
-  path = source if os.path.exists(source) else download(source, os.path.join(root, 'downloads'))
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{source}: no such file.')
-  converted = os.path.join(root, 'converted', f'{name}-{_sha256(path)[:16]}')
-  if not os.path.isdir(converted):
-    model, variables = convert.load_torch_checkpoint(path, name)
-    kwargs = {k: getattr(model, k) for k in ('img_size', 'num_classes', 'positional_embedding')}
-    tmp = converted + '.tmp'
-    shutil.rmtree(tmp, ignore_errors=True)
-    checkpoint.save_model(tmp, name, kwargs, variables,
-                          data=data_spec(dataset or default_dataset(name), model.num_classes))
-    os.replace(tmp, converted)
+  downloads = os.path.join(cache_dir(), 'downloads')
+  for attempt in range(2):
+    path = source if os.path.exists(source) else download(source, downloads)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{source}: no such file.')
+    try:
+      return _converted(name, path, dataset or default_dataset(name))
+    except convert.CheckpointError:
+      if attempt or os.path.dirname(path) != downloads:
+        raise
+      print(f'The cached download {path} cannot be read; downloading it again.', file=sys.stderr)
+      os.remove(path)
+  raise AssertionError('unreachable')
+
+
+def _converted(name: str, path: str, dataset: str) -> str:
+  """The cache's conversion of the `.pth` at `path`, made (again) unless an intact one exists."""
+  converted = os.path.join(cache_dir(), 'converted', f'{name}-{_sha256(path)[:16]}')
+  if os.path.isdir(converted):
+    try:
+      checkpoint.verify_checkpoint(converted)
+      return converted
+    except Exception as e:  # pylint: disable=broad-except
+      print(f'The cached conversion {converted} is damaged ({checkpoint.short_reason(e)}); '
+            'converting again.', file=sys.stderr)
+      shutil.rmtree(converted)
+  model, variables = convert.load_torch_checkpoint(path, name)
+  kwargs = {k: getattr(model, k) for k in ('img_size', 'num_classes', 'positional_embedding')}
+  tmp = converted + '.tmp'
+  shutil.rmtree(tmp, ignore_errors=True)
+  checkpoint.save_model(tmp, name, kwargs, variables, data=data_spec(dataset, model.num_classes))
+  os.replace(tmp, converted)
   return converted
 
 

@@ -2,12 +2,24 @@
 train.py with configs/datasets/cifar10.yml). Each recipe overrides what differs."""
 
 import ml_collections
+from ml_collections import config_dict
+
+# Every constructor argument of CCT, CVT and ViTLite, so any can be set from the command line
+# (--config.model_kwargs.num_heads=4); None keeps the registered variant's value.
+MODEL_ARGS = {
+    'img_size': object, 'embedding_dim': int, 'n_input_channels': int, 'dropout': float,
+    'attention_dropout': float, 'stochastic_depth': float, 'num_layers': int, 'num_heads': int,
+    'mlp_ratio': float, 'num_classes': int, 'positional_embedding': str, 'n_conv_layers': int,
+    'kernel_size': int, 'stride': int, 'padding': int, 'pooling_kernel_size': int,
+    'pooling_stride': int, 'pooling_padding': int,
+}
 
 
 def get_config():
   c = ml_collections.ConfigDict()
   c.model = 'cct_7_3x1_32'          # a registered name: compact_flax.list_models()
-  c.model_kwargs = ml_collections.ConfigDict()  # constructor overrides, e.g. img_size
+  c.model_kwargs = ml_collections.ConfigDict(
+      {k: config_dict.placeholder(t) for k, t in MODEL_ARGS.items()})
   c.dtype = 'float32'               # compute dtype: 'float32' or 'bfloat16' (params stay float32)
   c.dataset = 'cifar10'             # TFDS name, 'digits', 'synthetic' or 'folder:/path'
   c.dataset_kwargs = ml_collections.ConfigDict()

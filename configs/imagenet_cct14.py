@@ -1,7 +1,10 @@
 """CCT-14/7x2 at 224 px, ImageNet-1k, 300 + 10 epochs, global batch 1024 (8 x 128): a TPU pod.
 
-  python train_main.py --config=configs/imagenet_cct14.py --workdir=gs://BUCKET/run \
+  python train_main.py --config=configs/imagenet_cct14.py --workdir=/mnt/shared/run \
       --config.data_dir=gs://BUCKET/tfds
+
+The workdir is a file-system path every host sees (NFS, Filestore, a mounted bucket); TFDS reads
+gs:// itself.
 
 Official: configs/pretrained/cct_14-7x2_imagenet.yml on 8 GPUs x 128; published 80.67% top-1.
 The per-image augmentation runs on the device (the hosts of a pod feed many chips).

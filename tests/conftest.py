@@ -1,7 +1,14 @@
 import os
 import pathlib
+import tempfile
 
 import pytest
+
+# One JAX compilation cache for the whole run, subprocesses included: most tests compile the same
+# small training steps, and on a 2-core CI machine compiling dominates their time.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='compact_flax_jit_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 FIXTURES = pathlib.Path(os.environ.get(
     'COMPACT_FLAX_FIXTURES',

@@ -20,6 +20,7 @@ from compact_flax import input_pipeline
 from compact_flax import optim
 from compact_flax import steps
 from compact_flax import train
+from compact_flax import validation
 from configs import digits_cct
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     (('--config.batch_size=66',), 4, 'does not divide over 4 devices'),
     (('--config.model_kwargs.img_size=32',), 1, 'set config.model_kwargs.img_size'),
     (('--config.init_from=/nonexistent',), 1, 'config.init_from'),
-    (("--config.aug.mixup_mode=elem",), 1, "mixup_mode 'elem' is not implemented"),
+    (("--config.aug.mixup_mode=elem",), 1, "config.aug.mixup_mode is 'elem'"),
 ])
 def test_bad_config_is_a_one_line_error(tmp_path, overrides, devices, message):
   run = _run(tmp_path, *overrides, devices=devices, check=False)
@@ -162,8 +163,9 @@ def test_mismatched_or_broken_checkpoint_in_workdir(tmp_path):
     if f.is_file() and f.stat().st_size > 1000:
       f.write_bytes(b'\0' * 100)
   run = _run(tmp_path, '--config.num_epochs=2', check=False)
-  assert run.returncode == 1 and 'Cannot restore the checkpoint' in run.stderr, run.stderr[-2000:]
-  assert (tmp_path / 'checkpoints/22').is_dir(), 'nothing saved is removed'
+  assert run.returncode == 1 and 'No intact checkpoint' in run.stderr, run.stderr[-2000:]
+  (kept,) = os.listdir(tmp_path / 'checkpoints/damaged')
+  assert kept.startswith('22-'), 'nothing saved is removed: the damaged step is set aside'
 
 
 def _quiet_model_config():
@@ -253,7 +255,8 @@ def test_init_from_with_another_class_count_reinitialises_the_head(tmp_path):
   config.num_epochs, config.warmup_epochs = 1, 0
   train.train_and_evaluate(config, str(tmp_path / 'a'))
   _, trained = compact_flax.load_model(str(tmp_path / 'a'))
-  five = compact_flax.create_model('cct_2_3x2_32', **dict(config.model_kwargs), num_classes=5)
+  five = compact_flax.create_model('cct_2_3x2_32', **{**validation.model_kwargs(config),
+                                                      'num_classes': 5})
   config.init_from = str(tmp_path / 'a')
   params = train.load_init_params(config, five)
   assert params['classifier']['fc']['kernel'].shape == (128, 5)
