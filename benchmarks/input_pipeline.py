@@ -3,9 +3,10 @@
   python benchmarks/input_pipeline.py                 # needs cifar10 prepared for TFDS
   python benchmarks/input_pipeline.py --mock          # tfds.testing.mock_data: random images
 
-host:      tf.data decode + random-resized crop + flip (TF), then RandAugment, normalisation and
-           random erasing as jitted JAX on the host CPU; what `aug.on_device=False` feeds.
-on_device: tf.data decode only; crop, flip, RandAugment, normalisation, erasing and Mixup/CutMix
+host:      tf.data decode + random-resized crop + flip (TF), then RandAugment as jitted JAX on
+           the host CPU; what `aug.on_device=False` feeds (the step then mixes, normalises and
+           erases on the device: not timed here).
+on_device: tf.data decode only; crop, flip, RandAugment, Mixup/CutMix, normalisation and erasing
            jitted on the default JAX device (`aug.on_device=True`), timed with the transfer.
 device_only: the same on-device transform on device-resident batches: the ceiling when the host
            only has to move uint8 images.
@@ -59,9 +60,15 @@ def main():
       config.aug.on_device = on_device
       source = input_pipeline.TFDSSource('cifar10', config.aug)
       batches = source.train_batches(0, batch_size=args.batch_size, seed=0, sharding=sharding)
-      mix = jax.jit(lambda b, k: augment.mixup_cutmix(
-          augment.train_transform(b['image'], k, config.aug, crop=True), b['label'], k,
-          num_classes=10, smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0))
+      recipe = augment.DeviceAugment(config.aug, on_device=True, crop=True)
+
+      def mix(b, k, recipe=recipe):
+        images, targets = augment.mixup_cutmix(
+            recipe.before(b['image'], k), b['label'], k, num_classes=10, smoothing=0.1,
+            mixup_alpha=0.8, cutmix_alpha=1.0, round_pixels=True)
+        return recipe.after(images, k), targets
+
+      mix = jax.jit(mix)
       consume = (lambda b: mix(b, jax.random.key(0))) if on_device else (lambda b: b['image'])
       name = 'on_device' if on_device else 'host'
       result[f'{name}_images_per_sec'] = _rate(batches, args.batches, args.batch_size, consume)

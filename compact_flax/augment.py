@@ -1,10 +1,11 @@
 """The official recipe's augmentations (timm's meaning) as pure JAX functions of (image, key).
 
 Per-image ops take one HWC float image in [0, 255] and are vmapped over a batch, so the same code
-runs jit-compiled on the accelerator (the on-device path) or on the host CPU. Mixup/CutMix act on
-a normalised batch inside the train step.
+runs jit-compiled on the accelerator (the on-device path) or on the host CPU. Mixup/CutMix,
+normalisation and random erasing run inside the train step, in the official loader's order.
 """
 
+import dataclasses
 import math
 import re
 from typing import Any, Dict, Tuple
@@ -15,49 +16,64 @@ import jax.numpy as jnp
 # --- Geometry ------------------------------------------------------------------------------------
 
 
-def _affine(img, matrix, fill):
-  """PIL-style inverse affine: output (x, y) samples input at matrix @ (x, y, 1); bilinear."""
+def _cubic_weights(d):
+  """PIL's BICUBIC macro (a = -1) as the weights of the taps at -1, 0, 1 and 2."""
+  return [-d + 2 * d**2 - d**3, 1 - 2 * d**2 + d**3, d + d**2 - d**3, -d**2 + d**3]
+
+
+def _affine(img, matrix, fill, bicubic):
+  """PIL's `Image.transform(size, AFFINE, matrix, resample, fillcolor)` on an 8-bit image.
+
+  Output pixel (x, y) samples the input at `matrix @ (x + .5, y + .5, 1)`. A sample point outside
+  the image takes `fill`; one inside interpolates its neighbours, clamped to the edge (bilinear,
+  or PIL's bicubic kernel with a = -1), and the result is truncated to an integer, as PIL does.
+  Both interpolations use the same 4 x 4 taps (bilinear weighs the outer ones 0), so a traced
+  `bicubic` costs one resampling, not two.
+  """
   h, w, _ = img.shape
-  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
-                        indexing='ij')
-  # PIL maps pixel centres: (x + .5, y + .5) -> source, then samples at source - .5.
-  sx = matrix[0] * (xs + .5) + matrix[1] * (ys + .5) + matrix[2] - .5
-  sy = matrix[3] * (xs + .5) + matrix[4] * (ys + .5) + matrix[5] - .5
-  x0, y0 = jnp.floor(sx), jnp.floor(sy)
+  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + .5,
+                        jnp.arange(w, dtype=jnp.float32) + .5, indexing='ij')
+  sx = matrix[0] * xs + matrix[1] * ys + matrix[2]
+  sy = matrix[3] * xs + matrix[4] * ys + matrix[5]
+  inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
+  fx, fy = sx - .5, sy - .5
+  x0, y0 = jnp.floor(fx), jnp.floor(fy)
+
+  def weights(d):  # taps at -1, 0, 1, 2
+    return [jnp.where(bicubic, c, l) for c, l in zip(_cubic_weights(d), [0., 1 - d, d, 0.])]
+
   out = 0.
-  for dx in (0, 1):
-    for dy in (0, 1):
-      xi, yi = x0 + dx, y0 + dy
-      wgt = (1 - jnp.abs(sx - xi)) * (1 - jnp.abs(sy - yi))
-      inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
-      pix = img[jnp.clip(yi, 0, h - 1).astype(int), jnp.clip(xi, 0, w - 1).astype(int)]
-      out = out + (wgt * inside)[..., None] * pix + (wgt * ~inside)[..., None] * fill
-  return out
+  for i, wy in zip((-1, 0, 1, 2), weights(fy - y0)):
+    row = jnp.clip(y0 + i, 0, h - 1).astype(jnp.int32)
+    for j, wx in zip((-1, 0, 1, 2), weights(fx - x0)):
+      col = jnp.clip(x0 + j, 0, w - 1).astype(jnp.int32)
+      out = out + (wy * wx)[..., None] * img[row, col]
+  return jnp.where(inside[..., None], jnp.floor(jnp.clip(out, 0, 255)), fill)
 
 
-def _rotate(img, degrees, fill):
-  h, w, _ = img.shape
-  a = -degrees * math.pi / 180  # PIL rotates counter-clockwise
-  cx, cy = w / 2, h / 2
+def _rotation(shape, degrees):
+  """PIL's `Image.rotate(degrees)` as an affine matrix: counter-clockwise about the centre."""
+  h, w = shape[:2]
+  a = -degrees * math.pi / 180
   c, s = jnp.cos(a), jnp.sin(a)
-  m = jnp.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy])
-  return _affine(img, m, fill)
+  cx, cy = w / 2, h / 2
+  return jnp.stack([c, s, c * -cx + s * -cy + cx, -s, c, -s * -cx + c * -cy + cy])
 
 
-def _shear_x(img, f, fill):
-  return _affine(img, jnp.stack([1., f, 0., 0., 1., 0.]), fill)
+# The geometric ops of timm's RandAugment as matrices: name -> (image shape, argument) -> matrix.
+MATRICES = {
+    'Rotate': _rotation,
+    'ShearX': lambda shape, f: jnp.stack([1., f, 0., 0., 1., 0.]),
+    'ShearY': lambda shape, f: jnp.stack([1., 0., 0., f, 1., 0.]),
+    'TranslateXRel': lambda shape, pct: jnp.stack([1., 0., pct * shape[1], 0., 1., 0.]),
+    'TranslateYRel': lambda shape, pct: jnp.stack([1., 0., 0., 0., 1., pct * shape[0]]),
+}
 
 
-def _shear_y(img, f, fill):
-  return _affine(img, jnp.stack([1., 0., 0., f, 1., 0.]), fill)
-
-
-def _translate_x(img, pct, fill):
-  return _affine(img, jnp.stack([1., 0., pct * img.shape[1], 0., 1., 0.]), fill)
-
-
-def _translate_y(img, pct, fill):
-  return _affine(img, jnp.stack([1., 0., 0., 0., 1., pct * img.shape[0]]), fill)
+def geometric_op(name: str, img, arg, fill, bicubic):
+  """One of timm's geometric ops (`MATRICES`) on an image, with its argument (degrees, shear
+  factor or fraction of the size), as timm's functions call PIL."""
+  return _affine(img, MATRICES[name](img.shape, arg), fill, bicubic)
 
 
 # --- Colour --------------------------------------------------------------------------------------
@@ -113,24 +129,39 @@ def _solarize_add(img, add):
 
 # --- RandAugment ---------------------------------------------------------------------------------
 
-# timm's `inc1` op set (_RAND_INCREASING_TRANSFORMS): (name, op(img, level in [0, 1], sign, fill)).
-RAND_INCREASING_OPS = (
-    ('AutoContrast', lambda x, m, s, f: _auto_contrast(x)),
-    ('Equalize', lambda x, m, s, f: _equalize(x)),
-    ('Invert', lambda x, m, s, f: 255 - x),
-    ('Rotate', lambda x, m, s, f: _rotate(x, s * 30. * m, f)),
-    ('PosterizeIncreasing', lambda x, m, s, f: _posterize(x, 4 - jnp.floor(m * 4))),
-    ('SolarizeIncreasing', lambda x, m, s, f: _solarize(x, 256 - jnp.floor(m * 256))),
-    ('SolarizeAdd', lambda x, m, s, f: _solarize_add(x, jnp.floor(m * 110))),
-    ('ColorIncreasing', lambda x, m, s, f: _blend(_gray(x), x, 1 + s * .9 * m)),
-    ('ContrastIncreasing', lambda x, m, s, f: _blend(_gray(x).mean(), x, 1 + s * .9 * m)),
-    ('BrightnessIncreasing', lambda x, m, s, f: _blend(0., x, 1 + s * .9 * m)),
-    ('SharpnessIncreasing', lambda x, m, s, f: _sharpness(x, 1 + s * .9 * m)),
-    ('ShearX', lambda x, m, s, f: _shear_x(x, s * .3 * m, f)),
-    ('ShearY', lambda x, m, s, f: _shear_y(x, s * .3 * m, f)),
-    ('TranslateXRel', lambda x, m, s, f: _translate_x(x, s * .45 * m, f)),
-    ('TranslateYRel', lambda x, m, s, f: _translate_y(x, s * .45 * m, f)),
-)
+# timm's `inc1` op set (_RAND_INCREASING_TRANSFORMS): (name, the op's argument from the level in
+# [0, 1] and the sign) for the geometric ops, (name, op(img, level, sign)) for the others.
+GEOMETRIC_ARGS = {
+    'Rotate': lambda m, s: s * 30. * m,
+    'ShearX': lambda m, s: s * .3 * m,
+    'ShearY': lambda m, s: s * .3 * m,
+    'TranslateXRel': lambda m, s: s * .45 * m,
+    'TranslateYRel': lambda m, s: s * .45 * m,
+}
+PIXEL_OPS = {
+    'AutoContrast': lambda x, m, s: _auto_contrast(x),
+    'Equalize': lambda x, m, s: _equalize(x),
+    'Invert': lambda x, m, s: 255 - x,
+    'PosterizeIncreasing': lambda x, m, s: _posterize(x, 4 - jnp.floor(m * 4)),
+    'SolarizeIncreasing': lambda x, m, s: _solarize(x, 256 - jnp.floor(m * 256)),
+    'SolarizeAdd': lambda x, m, s: _solarize_add(x, jnp.floor(m * 110)),
+    'ColorIncreasing': lambda x, m, s: _blend(_gray(x), x, 1 + s * .9 * m),
+    'ContrastIncreasing': lambda x, m, s: _blend(_gray(x).mean(), x, 1 + s * .9 * m),
+    'BrightnessIncreasing': lambda x, m, s: _blend(0., x, 1 + s * .9 * m),
+    'SharpnessIncreasing': lambda x, m, s: _sharpness(x, 1 + s * .9 * m),
+}
+OP_NAMES = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing',
+            'SolarizeIncreasing', 'SolarizeAdd', 'ColorIncreasing', 'ContrastIncreasing',
+            'BrightnessIncreasing', 'SharpnessIncreasing', 'ShearX', 'ShearY', 'TranslateXRel',
+            'TranslateYRel')  # timm's order
+
+
+def apply_op(name: str, img, level, sign, fill, bicubic):
+  """One RandAugment op by name at a level in [0, 1] with a sign (+1 or -1)."""
+  if name in GEOMETRIC_ARGS:
+    return geometric_op(name, img, GEOMETRIC_ARGS[name](level, sign), fill, bicubic)
+  return PIXEL_OPS[name](img, level, sign)
+
 
 
 def parse_rand_augment(spec: str) -> Dict[str, Any]:
@@ -161,18 +192,33 @@ def parse_rand_augment(spec: str) -> Dict[str, Any]:
 
 
 def rand_augment(img, key, *, num_layers=2, magnitude=9., magnitude_std=.5, magnitude_max=10.,
-                 fill=(128., 128., 128.), **_):
+                 fill=(128., 128., 128.), interpolation='random', **_):
   """timm RandAugment: `num_layers` ops drawn with replacement, each applied with prob 0.5 at a
-  magnitude ~ N(magnitude, magnitude_std) clipped to [0, magnitude_max], random sign."""
+  magnitude ~ N(magnitude, magnitude_std) clipped to [0, magnitude_max], random sign. The
+  geometric ops interpolate bilinearly or bicubically, drawn per op when `interpolation` is
+  'random' (timm's default), as timm does.
+
+  Under `vmap` a drawn op cannot pick a branch per image, so every pixel op is computed for every
+  image; the five geometric ops share one resampling, with the drawn op's matrix.
+  """
   fill = jnp.asarray(fill, jnp.float32)
+  identity = jnp.array([1., 0., 0., 0., 1., 0.])
+  geometric = jnp.asarray([name in GEOMETRIC_ARGS for name in OP_NAMES])
   for k in jax.random.split(key, num_layers):
-    k_op, k_apply, k_mag, k_sign = jax.random.split(k, 4)
+    k_op, k_apply, k_mag, k_sign, k_interp = jax.random.split(k, 5)
     m = magnitude + magnitude_std * jax.random.normal(k_mag) if magnitude_std else magnitude
     level = jnp.clip(m, 0., magnitude_max) / 10.
     sign = jnp.where(jax.random.bernoulli(k_sign), 1., -1.)
-    op = jax.random.randint(k_op, (), 0, len(RAND_INCREASING_OPS))
-    out = jax.lax.switch(op, [lambda x, f=f: f(x, level, sign, fill)
-                              for _, f in RAND_INCREASING_OPS], img)
+    bicubic = (jax.random.bernoulli(k_interp) if interpolation == 'random' else
+               jnp.asarray(interpolation == 'bicubic'))
+    op = jax.random.randint(k_op, (), 0, len(OP_NAMES))
+    pixels = jax.lax.switch(op, [
+        (lambda x: x) if name in GEOMETRIC_ARGS else
+        (lambda x, f=PIXEL_OPS[name]: f(x, level, sign)) for name in OP_NAMES], img)
+    matrix = jax.lax.switch(op, [
+        (lambda name=name: MATRICES[name](img.shape, GEOMETRIC_ARGS[name](level, sign)))
+        if name in GEOMETRIC_ARGS else (lambda: identity) for name in OP_NAMES])
+    out = jnp.where(geometric[op], _affine(img, matrix, fill, bicubic), pixels)
     img = jnp.where(jax.random.bernoulli(k_apply, 0.5), jnp.clip(jnp.round(out), 0, 255), img)
   return img
 
@@ -249,65 +295,136 @@ def normalize(img, mean, std):
   return (img / 255. - jnp.asarray(mean)) / jnp.asarray(std)
 
 
-# --- The per-image recipe and Mixup/CutMix -------------------------------------------------------
+# --- The per-image recipe, Mixup/CutMix, and their order ---------------------------------------
+#
+# The official loader (timm's, with its prefetcher) crops, flips and RandAugments each image in
+# uint8, mixes the batch in its collate (in uint8, rounding), then normalises and erases on the
+# GPU. `before_mix`, `mixup_cutmix` and `after_mix` are those three stages.
 
 
-def train_transform(images, key, aug, *, crop: bool):
-  """A batch of uint8-valued HWC images -> normalised float32, every per-image op of the recipe.
+def _size(aug) -> Tuple[int, int]:
+  return tuple(aug.img_size) if isinstance(aug.img_size, (tuple, list)) else (aug.img_size,) * 2
 
-  `crop`: also random-resized-crop and flip here (fixed-size inputs, on-device path); otherwise the
-  host pipeline has cropped and flipped already.
-  """
-  size = tuple(aug.img_size) if isinstance(aug.img_size, (tuple, list)) else (aug.img_size,) * 2
+
+def before_mix(images, key, aug, *, crop: bool):
+  """A batch of uint8-valued HWC images -> float32 pixel values in [0, 255]: random-resized crop
+  and flip (when `crop`: fixed-size inputs on the device; otherwise the host pipeline has done
+  them), then RandAugment."""
   ra = parse_rand_augment(aug.auto_augment) if aug.auto_augment else None
   fill = tuple(min(255., round(255 * m)) for m in aug.mean)
 
   def one(img, k):
-    k_crop, k_flip, k_ra, k_erase = jax.random.split(k, 4)
+    k_crop, k_flip, k_ra = jax.random.split(k, 3)
     img = img.astype(jnp.float32)
     if crop:
-      img = random_resized_crop(img, k_crop, size, tuple(aug.scale), tuple(aug.ratio),
+      img = random_resized_crop(img, k_crop, _size(aug), tuple(aug.scale), tuple(aug.ratio),
                                 aug.train_interpolation)
       img = random_flip(img, k_flip, aug.hflip)
     if ra:
-      img = rand_augment(img, k_ra, fill=fill, **ra)
-    img = normalize(img, aug.mean, aug.std)
-    if aug.reprob:
-      img = random_erasing(img, k_erase, aug.reprob, aug.remode)
+      img = rand_augment(img, k_ra, fill=fill, interpolation=aug.train_interpolation, **ra)
     return img
 
   return jax.vmap(one)(images, jax.random.split(key, images.shape[0]))
 
 
+def after_mix(images, key, aug):
+  """Pixel values in [0, 255] -> the model's input: normalisation, then random erasing per
+  image."""
+  images = normalize(images, aug.mean, aug.std)
+  if not aug.reprob:
+    return images
+  erase = lambda img, k: random_erasing(img, k, aug.reprob, aug.remode)
+  return jax.vmap(erase)(images, jax.random.split(key, images.shape[0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceAugment:
+  """The recipe's part inside the jitted train step, around Mixup/CutMix.
+
+  `before` (crop and flip for fixed-size images, RandAugment) runs there when `on_device`;
+  otherwise the host pipeline ran it. `after` (normalisation, erasing) always runs there, after
+  the mix, as in the official loader.
+  """
+  aug: Any
+  on_device: bool
+  crop: bool = False
+
+  def before(self, images, key):
+    if not self.on_device:
+      return images.astype(jnp.float32)
+    return before_mix(images, key, self.aug, crop=self.crop)
+
+  def after(self, images, key):
+    return after_mix(images, key, self.aug)
+
+
+def _mix_params(key, batch: int, *, mode: str, mixup_alpha, cutmix_alpha, prob, switch_prob,
+                enabled):
+  """timm's `_params_per_batch` / `_params_per_elem`: (lam, use_cutmix), each of shape (batch,).
+  'batch' draws one pair for all; 'elem' one per image; 'pair' one per pair (i, batch - 1 - i)."""
+  n = {'batch': 1, 'elem': batch, 'pair': batch // 2}[mode]
+  k_do, k_switch, k_mix, k_cut = jax.random.split(key, 4)
+  use_cut = ((jax.random.uniform(k_switch, (n,)) < switch_prob) if (mixup_alpha and cutmix_alpha)
+             else jnp.full((n,), bool(cutmix_alpha)))
+  lam_mix = jax.random.beta(k_mix, mixup_alpha, mixup_alpha, (n,)) if mixup_alpha else 1.
+  lam_cut = jax.random.beta(k_cut, cutmix_alpha, cutmix_alpha, (n,)) if cutmix_alpha else 1.
+  do = jnp.asarray(enabled) & (jax.random.uniform(k_do, (n,)) < prob)
+  lam = jnp.where(do, jnp.where(use_cut, lam_cut, lam_mix), 1.)
+  if mode == 'pair':  # element batch - 1 - i takes pair i's parameters
+    lam, use_cut = (jnp.concatenate([x, x[::-1]]) for x in (lam, use_cut))
+  return jnp.broadcast_to(lam, (batch,)), jnp.broadcast_to(use_cut, (batch,))
+
+
+def cutmix_boxes(key, lam, height: int, width: int):
+  """timm's `rand_bbox` per image: side ratio sqrt(1 - lam), centre uniform, clipped.
+  Returns (y_lo, y_hi, x_lo, x_hi), each of lam's shape."""
+  ky, kx = jax.random.split(key)
+  ratio = jnp.sqrt(1 - lam)
+  cut_h, cut_w = jnp.floor(height * ratio), jnp.floor(width * ratio)
+  cy = jax.random.randint(ky, lam.shape, 0, height)
+  cx = jax.random.randint(kx, lam.shape, 0, width)
+  return (jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height),
+          jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width))
+
+
+def mix_with_params(images, lam, use_cut, boxes, *, round_pixels: bool):
+  """Mixes image i with image batch - 1 - i: CutMix pastes its box, Mixup blends with weight
+  `lam`. Returns (images, lam corrected to the pasted area, as timm's correct_lam)."""
+  b, h, w, _ = images.shape
+  yl, yh, xl, xh = (x.reshape(b, 1, 1, 1) for x in boxes)
+  ys, xs = jnp.arange(h)[None, :, None, None], jnp.arange(w)[None, None, :, None]
+  in_box = (ys >= yl) & (ys < yh) & (xs >= xl) & (xs < xh)
+  flipped = images[::-1]
+  cut = jnp.where(in_box, flipped, images)
+  lam4 = lam.reshape(b, 1, 1, 1)
+  blended = images * lam4 + flipped * (1 - lam4)
+  if round_pixels:  # timm's collate mixes uint8 images and rounds (np.rint: half to even)
+    blended = jnp.round(blended)
+  use4 = use_cut.reshape(b, 1, 1, 1)
+  mixed = jnp.where(lam4 < 1, jnp.where(use4, cut, blended), images)
+  area = (boxes[1] - boxes[0]) * (boxes[3] - boxes[2])
+  lam = jnp.where(use_cut & (lam < 1), 1 - area / (h * w), lam)
+  return mixed, lam
+
+
 def mixup_cutmix(images, labels, key, *, num_classes, smoothing, mixup_alpha, cutmix_alpha,
-                 prob=1.0, switch_prob=0.5, enabled=True):
-  """timm Mixup in 'batch' mode with correct_lam: one lambda per batch, the batch mixed with its
-  reverse. Returns images and soft targets (label smoothing included), rows summing to 1."""
-  k_do, k_switch, k_mix, k_cut, ky, kx = jax.random.split(key, 6)
+                 prob=1.0, switch_prob=0.5, mode='batch', enabled=True, round_pixels=False):
+  """timm's Mixup/CutMix with correct_lam, in mode 'batch' (one lambda for the batch), 'elem' (one
+  per image) or 'pair' (one per mirrored pair); image i mixes with image batch - 1 - i. Returns
+  images and soft targets (label smoothing included), rows summing to 1. `round_pixels` rounds
+  blended pixel values, as the official collate does in uint8."""
   off = smoothing / num_classes
   onehot = jax.nn.one_hot(labels, num_classes) * (1 - smoothing) + off
   if not (mixup_alpha or cutmix_alpha):
     return images, onehot
-  use_cut = (jax.random.uniform(k_switch) < switch_prob) if (mixup_alpha and cutmix_alpha) else (
-      jnp.asarray(bool(cutmix_alpha)))
-  lam_mix = jax.random.beta(k_mix, mixup_alpha, mixup_alpha) if mixup_alpha else 1.
-  lam_cut = jax.random.beta(k_cut, cutmix_alpha, cutmix_alpha) if cutmix_alpha else 1.
-  do = jnp.asarray(enabled) & (jax.random.uniform(k_do) < prob)
-  lam = jnp.where(use_cut, lam_cut, lam_mix)
-  # CutMix box: side ratio sqrt(1 - lam), centre uniform, clipped; lam corrected to the area.
-  _, h, w, _ = images.shape
-  ratio = jnp.sqrt(1 - lam)
-  cut_h, cut_w = jnp.floor(h * ratio), jnp.floor(w * ratio)
-  cy = jax.random.randint(ky, (), 0, h)
-  cx = jax.random.randint(kx, (), 0, w)
-  yl, yh = jnp.clip(cy - cut_h // 2, 0, h), jnp.clip(cy + cut_h // 2, 0, h)
-  xl, xh = jnp.clip(cx - cut_w // 2, 0, w), jnp.clip(cx + cut_w // 2, 0, w)
-  ys, xs = jnp.arange(h)[:, None, None], jnp.arange(w)[None, :, None]
-  box = (ys >= yl) & (ys < yh) & (xs >= xl) & (xs < xh)
-  lam_cut_corrected = 1 - (yh - yl) * (xh - xl) / (h * w)
-  flipped = images[::-1]
-  cut_images = jnp.where(box[None], flipped, images)
-  mix_images = images * lam + flipped * (1 - lam)
-  lam = jnp.where(do, jnp.where(use_cut, lam_cut_corrected, lam), 1.)
-  images = jnp.where(do, jnp.where(use_cut, cut_images, mix_images), images)
-  return images, onehot * lam + onehot[::-1] * (1 - lam)
+  k_params, k_box = jax.random.split(key)
+  b, h, w, _ = images.shape
+  lam, use_cut = _mix_params(k_params, b, mode=mode, mixup_alpha=mixup_alpha,
+                             cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob,
+                             enabled=enabled)
+  boxes = cutmix_boxes(k_box, lam if mode != 'batch' else lam[:1], h, w)
+  if mode == 'pair':
+    boxes = tuple(jnp.concatenate([x[:b // 2], x[:b // 2][::-1]]) for x in boxes)
+  boxes = tuple(jnp.broadcast_to(x, (b,)) for x in boxes)
+  images, lam = mix_with_params(images, lam, use_cut, boxes, round_pixels=round_pixels)
+  return images, onehot * lam[:, None] + onehot[::-1] * (1 - lam[:, None])

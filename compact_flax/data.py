@@ -8,7 +8,7 @@ image folders) and `get_source`, which picks one by name, are in `input_pipeline
 import collections
 import gzip
 import os
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Protocol, Sequence, Tuple
 from typing import runtime_checkable
 
 import jax
@@ -35,9 +35,9 @@ class Source(Protocol):
   # How pixels in [0, 1] were normalised (mean, std, crop_pct, interpolation), stored with
   # checkpoints for prediction; {} when unknown.
   normalization: Mapping[str, Any]
-  # The per-image train transform left to the jitted train step, (images, key) -> images; None
-  # when the batches arrive augmented.
-  device_augment: Optional[Callable[[jax.Array, jax.Array], jax.Array]]
+  # The recipe's part inside the jitted train step (an `augment.DeviceAugment`: the per-image ops
+  # it runs, then normalisation and erasing after Mixup); None when batches arrive as model input.
+  device_augment: Optional[Any]
 
   def train_batches(self, start_step: int, *, batch_size: int, seed: int,
                     sharding) -> Iterator[Batch]:

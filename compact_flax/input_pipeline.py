@@ -1,23 +1,25 @@
 """Input pipelines: `get_source` by name, and the tf.data sources (TFDS datasets, image folders).
 
 Host side (tf.data): decode, random-resized crop and flip (timm's parameters) or the eval resize
-and centre crop. The rest of the per-image recipe (RandAugment, normalisation, random erasing, in
-`augment.py`) runs as jit-compiled JAX either on the host CPU (`aug.on_device=False`) or inside the
-train step on the accelerator (`aug.on_device=True`, the source's `device_augment`; for
-fixed-size datasets such as CIFAR the crop and flip move there too). The order is a pure function
-of (seed, epoch): a resumed run sees the same batches, and each process reads its own shard.
+and centre crop. RandAugment (`augment.py`) runs as jit-compiled JAX either on the host CPU
+(`aug.on_device=False`) or inside the train step (`aug.on_device=True`; for fixed-size datasets
+such as CIFAR the crop and flip move there too). Training batches stay in pixel values: the train
+step mixes them, then normalises and erases (the source's `device_augment`), in the official
+loader's order. The order is a pure function of (seed, epoch): a resumed run sees the same
+batches, and each process reads its own shard.
 TensorFlow is imported only when a tf.data source is built.
 """
 
 import difflib
-import functools
 import logging
 import math
 import os
 from typing import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from compact_flax import augment
 from compact_flax import data as data_lib
@@ -85,17 +87,39 @@ def tf_random_resized_crop(image, seed, aug):
   return tf.cast(tf.cond(flip, lambda: out[:, ::-1], lambda: out), tf.uint8)
 
 
+def eval_resize_crop(img, size, crop_pct: float, interpolation: str):
+  """timm's eval transform on a PIL image, as torchvision does it: Resize(int(size / crop_pct))
+  of the shorter side (the longer truncated; untouched when already that size), then
+  CenterCrop(size) with its rounding. `size` is (height, width); a non-square size resizes both
+  sides to size / crop_pct, as timm does."""
+  method = {'bicubic': Image.BICUBIC, 'bilinear': Image.BILINEAR}[interpolation]
+  h, w = size
+  width, height = img.size
+  if h != w:
+    img = img.resize((int(w / crop_pct), int(h / crop_pct)), method)
+  else:
+    scale = int(math.floor(h / crop_pct))
+    if not ((width <= height and width == scale) or (height <= width and height == scale)):
+      new = ((scale, int(scale * height / width)) if width < height else
+             (int(scale * width / height), scale))
+      img = img.resize(new, method)
+  width, height = img.size
+  top, left = int(round((height - h) / 2.0)), int(round((width - w) / 2.0))
+  return img.crop((left, top, left + w, top + h))
+
+
 def tf_eval_transform(image, aug):
-  """Resize the shorter side to img_size / crop_pct, centre-crop img_size, normalise."""
+  """The eval resize and centre crop (`eval_resize_crop`, through PIL as the official loader),
+  then normalisation."""
   tf = _tf()
   size = _size(aug)
-  scale = math.floor(max(size) / aug.crop_pct)
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  ratio = scale / tf.reduce_min(shape)
-  new = tf.cast(tf.round(shape * ratio), tf.int32)
-  img = tf.image.resize(tf.cast(image, tf.float32), new, method=aug.interpolation, antialias=True)
-  top, left = (new[0] - size[0]) // 2, (new[1] - size[1]) // 2
-  img = tf.clip_by_value(tf.round(img[top:top + size[0], left:left + size[1]]), 0, 255)
+
+  def pil(array):
+    img = Image.fromarray(array)
+    return np.asarray(eval_resize_crop(img, size, aug.crop_pct, aug.interpolation), np.uint8)
+
+  img = tf.numpy_function(pil, [image], tf.uint8, stateful=False)
+  img = tf.cast(tf.ensure_shape(img, size + (3,)), tf.float32)
   return (img / 255. - np.asarray(aug.mean, np.float32)) / np.asarray(aug.std, np.float32)
 
 
@@ -111,11 +135,12 @@ class TFDataSource:
                           'crop_pct': aug.crop_pct, 'interpolation': aug.interpolation}
     # On the device, fixed-size images are cropped and flipped in the step too.
     self._crop_in_step = bool(aug.on_device and fixed_size)
-    self.device_augment = (functools.partial(augment.train_transform, aug=aug,
-                                             crop=self._crop_in_step) if aug.on_device else None)
-    if not aug.on_device:
+    self.device_augment = augment.DeviceAugment(aug, on_device=bool(aug.on_device),
+                                                crop=self._crop_in_step)
+    self._host_transform = None
+    if not aug.on_device and aug.auto_augment:
       cpu = jax.devices('cpu')[0]
-      fn = jax.jit(lambda x, k: augment.train_transform(x, k, aug, crop=False))
+      fn = jax.jit(lambda x, k: augment.before_mix(x, k, aug, crop=False).astype(jnp.uint8))
       self._host_transform = lambda x, k: np.asarray(fn(jax.device_put(x, cpu),
                                                         jax.device_put(k, cpu)))
 
@@ -141,7 +166,7 @@ class TFDataSource:
       ds = ds.batch(local, drop_remainder=True).take(steps_per_epoch).skip(offset)
       ds = ds.prefetch(tf.data.AUTOTUNE)
       for step, batch in enumerate(ds.as_numpy_iterator(), start=epoch * steps_per_epoch + offset):
-        if self.device_augment is None:
+        if self._host_transform is not None:
           key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step),
                                    jax.process_index())
           batch['image'] = self._host_transform(batch['image'], key)

@@ -6,14 +6,21 @@ import optax
 
 
 def create_learning_rate_schedule(config, steps_per_epoch: int):
-  """timm's cosine schedule, per step: linear warmup from `warmup_lr`, cosine over `num_epochs`
-  (warmup included, as timm counts it) down to `min_lr`, then `min_lr` through the cooldown."""
+  """timm's cosine schedule: linear warmup from `warmup_lr`, cosine over `num_epochs` (warmup
+  included, as timm counts it) down to `min_lr`, then `min_lr` through the cooldown.
+
+  `config.lr_step_unit` 'epoch' holds the rate for a whole epoch, as timm's `CosineLRScheduler`
+  stepped once per epoch does in the official runs; 'step' moves it every optimizer step.
+  """
   warmup = config.warmup_epochs * steps_per_epoch
   total = config.num_epochs * steps_per_epoch
   lr, warmup_lr, min_lr = config.learning_rate, config.warmup_lr, config.min_lr
+  per_epoch = config.get('lr_step_unit', 'step') == 'epoch'
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
+    if per_epoch:  # the rate of the epoch's first step
+      step = jnp.floor(step / steps_per_epoch) * steps_per_epoch
     warm = warmup_lr + (lr - warmup_lr) * step / max(warmup, 1)
     cos = min_lr + 0.5 * (lr - min_lr) * (1 + jnp.cos(jnp.pi * jnp.minimum(step, total) / total))
     return jnp.where(step < warmup, warm, jnp.where(step < total, cos, min_lr))

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from compact_flax import checkpoint
+from compact_flax import input_pipeline
 from compact_flax import zoo
 
 
@@ -50,12 +51,7 @@ def preprocess(path: str, model, data: Dict[str, Any]) -> np.ndarray:
   h, w = (model.img_size,) * 2 if isinstance(model.img_size, int) else model.img_size
   with Image.open(path) as img:
     img = to_8bit(img).convert('L' if model.n_input_channels == 1 else 'RGB')
-    scale = int(max(h, w) / data['crop_pct']) / min(img.size)
-    size = (max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale)))
-    method = {'bicubic': Image.BICUBIC, 'bilinear': Image.BILINEAR}[data['interpolation']]
-    img = img.resize(size, method)
-    left, top = (size[0] - w) // 2, (size[1] - h) // 2
-    img = img.crop((left, top, left + w, top + h))
+    img = input_pipeline.eval_resize_crop(img, (h, w), data['crop_pct'], data['interpolation'])
     x = np.asarray(img, np.float32).reshape(h, w, -1) / 255.
   return ((x - np.asarray(data['mean'], np.float32)) / np.asarray(data['std'], np.float32))
 

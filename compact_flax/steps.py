@@ -5,7 +5,7 @@ time: the same function, shardings and donation.
 """
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import flax.struct
 import jax
@@ -17,8 +17,8 @@ from compact_flax import augment
 from compact_flax import devices
 from compact_flax import merge
 
-# (images, key) -> images: the per-image recipe, when the source leaves it to the train step.
-DeviceAugment = Optional[Callable[[jax.Array, jax.Array], jax.Array]]
+# The recipe's part inside the step (augment.DeviceAugment); None: batches arrive as model input.
+DeviceAugment = Optional[augment.DeviceAugment]
 
 
 @flax.struct.dataclass
@@ -83,26 +83,39 @@ def _gradients(state, images, targets, key, *, model, accum_steps: int):
   return jax.tree.map(lambda x: x / k, (loss, grads))
 
 
+def prepare_batch(batch, k_aug, k_mix, *, num_classes: int, config,
+                  device_augment: DeviceAugment = None, mix: Any = True):
+  """(model input, soft targets) of a training batch, in the official loader's order: the
+  per-image recipe left to the step (`device_augment.before`), Mixup/CutMix with label smoothing
+  (`mix`: whether it is still on), normalisation and random erasing (`device_augment.after`)."""
+  aug = config.get('aug') or {}
+  images = batch['image'].astype(jnp.float32)
+  if device_augment is not None:
+    images = device_augment.before(images, k_aug)
+  images, targets = augment.mixup_cutmix(
+      images, batch['label'], k_mix, num_classes=num_classes,
+      smoothing=config.label_smoothing, mixup_alpha=aug.get('mixup', 0.),
+      cutmix_alpha=aug.get('cutmix', 0.), prob=aug.get('mixup_prob', 1.),
+      switch_prob=aug.get('mixup_switch_prob', .5), mode=aug.get('mixup_mode', 'batch'),
+      enabled=mix, round_pixels=device_augment is not None)
+  if device_augment is not None:
+    images = device_augment.after(images, jax.random.fold_in(k_aug, 1))
+  return images, targets
+
+
 def train_step(state: TrainState, batch, rng, *, model, tx, config,
                device_augment: DeviceAugment = None, mixup_until_step=None):
   """One optimizer step on a global batch: (state, batch, rng) -> (state, metrics).
 
-  On the device, in this order: `device_augment` (the per-image recipe, when the source leaves it
-  to the step), Mixup/CutMix with label smoothing (until `mixup_until_step`; None: always),
-  forward, backward, AdamW, EMA.
+  On the device: `prepare_batch` (Mixup/CutMix until `mixup_until_step`; None: always), forward,
+  backward, AdamW, EMA.
   """
   rng = jax.random.fold_in(rng, state.step)
   k_drop, k_aug, k_mix = jax.random.split(rng, 3)
-  aug = config.get('aug') or {}
-  images = batch['image']
-  if device_augment is not None:
-    images = device_augment(images, k_aug)
-  enabled = True if mixup_until_step is None else state.step < mixup_until_step
-  images, targets = augment.mixup_cutmix(
-      images.astype(jnp.float32), batch['label'], k_mix, num_classes=model.num_classes,
-      smoothing=config.label_smoothing, mixup_alpha=aug.get('mixup', 0.),
-      cutmix_alpha=aug.get('cutmix', 0.), prob=aug.get('mixup_prob', 1.),
-      switch_prob=aug.get('mixup_switch_prob', .5), enabled=enabled)
+  images, targets = prepare_batch(
+      batch, k_aug, k_mix, num_classes=model.num_classes, config=config,
+      device_augment=device_augment,
+      mix=True if mixup_until_step is None else state.step < mixup_until_step)
   loss, grads = _gradients(state, images, targets, k_drop, model=model,
                            accum_steps=config.grad_accum_steps)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

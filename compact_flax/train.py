@@ -264,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              f'steps/epoch, {total_steps} steps; config in {workdir}/config.json.')
         if config.eval_only:
           return evaluate.once(state)
-        if stop.event.is_set():
+        if stop.requested(sync_point=True):  # every process decides together
           _say('Stopped by signal before the first step; nothing new to save.')
           return {}
         train_step = steps.make_train_step(config, model, tx, mesh, steps_per_epoch=epoch_steps,

@@ -40,9 +40,12 @@ def _no_space(e: BaseException) -> bool:
 
 class _QuietOrbaxFailures(logging.Filter):
   """Drops the error logs of Orbax's writer threads (and of the asyncio tasks they leave behind):
-  every failure they describe reaches the user as one line from `TrainCheckpoints`."""
+  every failure they describe reaches the user as one line from `TrainCheckpoints`. Also its
+  warning on every save between evaluations, which is how this manager is meant to be used."""
 
   def filter(self, record):
+    if 'orbax' in record.pathname and str(record.msg).startswith('Requested `tracked_metric`'):
+      return False  # a step saved between evaluations: ranked by the next evaluated one
     return not (record.levelno >= logging.ERROR and (
         'orbax' in record.pathname or 'orbax' in str(record.msg) or
         'orbax' in str(getattr(record, 'args', '') or '')))

@@ -89,7 +89,8 @@ CHECKS: Dict[str, Callable[[Any], Tuple[bool, str]]] = {
     'train_split': _str, 'eval_split': _str, 'seed': _int(0),
     'num_epochs': _int(1), 'cooldown_epochs': _int(0), 'batch_size': _int(1),
     'eval_batch_size': _int(1), 'grad_accum_steps': _int(1),
-    'learning_rate': _float(0, low_open=True), 'warmup_epochs': _int(0), 'warmup_lr': _float(0),
+    'learning_rate': _float(0, low_open=True), 'lr_step_unit': _one_of('epoch', 'step'),
+    'warmup_epochs': _int(0), 'warmup_lr': _float(0),
     'min_lr': _float(0), 'weight_decay': _float(0), 'adam_b1': _float(0, 1, high_open=True),
     'adam_b2': _float(0, 1, high_open=True), 'adam_eps': _float(0, low_open=True),
     'grad_clip_norm': _float(0), 'label_smoothing': _float(0, 1, high_open=True),
@@ -101,7 +102,7 @@ CHECKS: Dict[str, Callable[[Any], Tuple[bool, str]]] = {
     'aug.auto_augment': _auto_augment, 'aug.reprob': _float(0, 1),
     'aug.remode': _one_of('pixel', 'rand', 'const'), 'aug.mixup': _float(0), 'aug.cutmix': _float(0),
     'aug.mixup_prob': _float(0, 1), 'aug.mixup_switch_prob': _float(0, 1),
-    'aug.mixup_mode': _one_of('batch'), 'aug.mixup_off_epoch': _int(0), 'aug.on_device': _bool,
+    'aug.mixup_mode': _one_of('batch', 'elem', 'pair'), 'aug.mixup_off_epoch': _int(0), 'aug.on_device': _bool,
     'log_every_steps': _int(1), 'eval_every_epochs': _int(1), 'checkpoint_every_steps': _int(1),
     'keep_checkpoints': _int(1), 'checkpoint_async': _bool, 'init_from': _str, 'eval_only': _bool,
 }
@@ -156,6 +157,9 @@ def problems(config, num_devices: int) -> List[str]:
     out.append(f'batch_size {config.batch_size} does not divide over {num_devices} devices x '
                f'{config.grad_accum_steps} accumulation steps: make it a multiple of '
                f'{num_devices * config.grad_accum_steps}.')
+  if config.get('aug') and config.aug.get('mixup_mode') == 'pair' and config.batch_size % 2:
+    out.append(f"aug.mixup_mode 'pair' mixes images in pairs: batch_size {config.batch_size} must "
+               'be even.')
   if config.eval_batch_size % num_devices:
     out.append(f'eval_batch_size {config.eval_batch_size} does not divide over {num_devices} '
                'devices.')

@@ -35,6 +35,7 @@ def get_config():
   c.grad_accum_steps = 1            # splits each batch into micro-batches; same update
 
   c.learning_rate = 5.5e-4
+  c.lr_step_unit = 'epoch'          # the official runs step timm's scheduler per epoch; or 'step'
   c.warmup_epochs = 10
   c.warmup_lr = 1e-5
   c.min_lr = 1e-5

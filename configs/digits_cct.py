@@ -22,6 +22,7 @@ def get_config():
   c.batch_size = 64
   c.eval_batch_size = 128
   c.learning_rate = 2e-3
+  c.lr_step_unit = 'step'           # a short run: the rate moves every step
   c.warmup_epochs = 3
   c.weight_decay = 0.05
   c.aug.mixup = 0.0

@@ -39,9 +39,10 @@ def test_mixup_cutmix_targets_sum_to_one_and_cutmix_weight_is_the_pasted_area():
 
 def test_every_rand_augment_op_keeps_shape_dtype_and_range():
   img = _images(1)[0]
-  for name, op in augment.RAND_INCREASING_OPS:
+  for name in augment.OP_NAMES:
     for level in (0.0, 0.5, 1.0):
-      out = op(img, level, -1.0, jnp.array([125., 123., 114.]))
+      out = augment.apply_op(name, img, level, -1.0, jnp.array([125., 123., 114.]),
+                             jnp.asarray(level > 0.4))
       chex.assert_shape(out, img.shape)
       assert out.dtype == jnp.float32, name
       assert float(out.min()) >= 0 and float(out.max()) <= 255, name
@@ -124,11 +125,15 @@ def test_host_and_device_crops_agree_in_distribution():
     assert abs(a.std() - b.std()) < 0.25 * a.std(), (a.std(), b.std())
 
 
-def test_train_transform_output():
+def test_the_step_recipe_keeps_pixels_until_the_mix_then_normalises():
   aug = ml_collections.ConfigDict(common.get_config().aug.to_dict())
   aug.reprob = 0.25
-  out = jax.jit(lambda x, k: augment.train_transform(x, k, aug, crop=True))(
-      _images(16).astype(jnp.uint8), jax.random.key(0))
-  chex.assert_shape(out, (16, 32, 32, 3))
-  assert out.dtype == jnp.float32
+  recipe = augment.DeviceAugment(aug, on_device=True, crop=True)
+  pixels = jax.jit(recipe.before)(_images(16).astype(jnp.uint8), jax.random.key(0))
+  chex.assert_shape(pixels, (16, 32, 32, 3))
+  assert pixels.dtype == jnp.float32
+  np.testing.assert_array_equal(pixels, np.round(pixels))  # whole levels, as timm's uint8
+  assert float(pixels.min()) >= 0 and float(pixels.max()) <= 255
+  out = jax.jit(recipe.after)(pixels, jax.random.key(1))
   chex.assert_tree_all_finite(out)
+  assert abs(float(out.mean())) < 3

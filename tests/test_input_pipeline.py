@@ -48,9 +48,10 @@ def test_resumed_pipeline_sees_the_same_batches():
                                         jax.sharding.PartitionSpec('data'))
   with tfds.testing.mock_data(num_examples=40):
     source = input_pipeline.TFDSSource('cifar10', _aug(reprob=0.25))
-    assert isinstance(source, data.Source) and source.device_augment is None
+    assert isinstance(source, data.Source) and not source.device_augment.on_device
     fresh = source.train_batches(0, batch_size=8, seed=3, sharding=sharding)
     batches = [next(fresh) for _ in range(7)]  # crosses an epoch boundary (5 steps/epoch)
+    assert batches[0]['image'].dtype == np.uint8, 'pixel values until the step mixes them'
     resumed = source.train_batches(6, batch_size=8, seed=3, sharding=sharding)
     np.testing.assert_array_equal(next(resumed)['image'], batches[6]['image'])
     assert not np.array_equal(batches[0]['image'], batches[5]['image'])

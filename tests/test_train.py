@@ -145,7 +145,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     (('--config.batch_size=66',), 4, 'does not divide over 4 devices'),
     (('--config.model_kwargs.img_size=32',), 1, 'set config.model_kwargs.img_size'),
     (('--config.init_from=/nonexistent',), 1, 'config.init_from'),
-    (("--config.aug.mixup_mode=elem",), 1, "config.aug.mixup_mode is 'elem'"),
+    (("--config.aug.mixup_mode=half",), 1, "config.aug.mixup_mode is 'half'"),
 ])
 def test_bad_config_is_a_one_line_error(tmp_path, overrides, devices, message):
   run = _run(tmp_path, *overrides, devices=devices, check=False)
