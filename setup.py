@@ -30,6 +30,9 @@ setup(
         'test': ['chex', 'pillow', 'pytest', 'pytest-xdist'],
         # TFDS datasets and image folders (tf.data); the models and trainer do not need it.
         'data': ['tensorflow-cpu', 'tensorflow-datasets'],
+        # XLA's TPU compiler (libtpu), for benchmarks/compile_tpu.py on any Linux host; install the
+        # jax version you have: pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"
+        'tpu': ['jax[tpu]'],
     },
     license='Apache-2.0',
 )

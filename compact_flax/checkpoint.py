@@ -201,12 +201,18 @@ def read_spec(directory: str) -> Dict[str, Any]:
 # --- Loading -------------------------------------------------------------------------------------
 
 def _restore_params(directory: str, use_ema: bool):
-  """(spec, params) of one checkpoint directory, verified against its checksums."""
+  """(spec, params) of one checkpoint directory, verified against its checksums. Arrays come
+  onto this process's first device, whatever mesh or hosts wrote them."""
   item = 'variables' if os.path.isdir(os.path.join(directory, 'variables')) else 'state'
   try:
     spec = read_json(os.path.join(directory, 'model', 'metadata'))
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-      tree = ckptr.restore(directory, ocp.args.Composite(**{item: ocp.args.StandardRestore()}))[item]
+    handler = ocp.CompositeCheckpointHandler(**{item: ocp.StandardCheckpointHandler()})
+    with ocp.Checkpointer(handler) as ckptr:
+      local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+                            ckptr.metadata(directory).item_metadata[item])
+      tree = ckptr.restore(directory, ocp.args.Composite(
+          **{item: ocp.args.StandardRestore(target)}))[item]
     sums = (read_json(os.path.join(directory, 'integrity', 'metadata')).get(item)
             if os.path.exists(os.path.join(directory, 'integrity')) else None)
   except Exception as e:  # pylint: disable=broad-except

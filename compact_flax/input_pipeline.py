@@ -26,6 +26,9 @@ from compact_flax import data as data_lib
 
 log = logging.getLogger(__name__)
 
+# The image size of TFDS datasets whose images all have one size (the others vary).
+FIXED_SIZES = {'cifar10': (32, 32), 'cifar100': (32, 32)}
+
 # Datasets the official configs train on: TFDS name, train split, eval split.
 KNOWN = {
     'cifar10': ('cifar10', 'train', 'test'),
@@ -123,6 +126,14 @@ def tf_eval_transform(image, aug):
   return (img / 255. - np.asarray(aug.mean, np.float32)) / np.asarray(aug.std, np.float32)
 
 
+def device_augment_for(aug, fixed_size: bool) -> augment.DeviceAugment:
+  """The part of the recipe a tf.data source leaves to the train step: normalisation and erasing
+  after the mix always; with `aug.on_device`, RandAugment before it, and the crop and flip too
+  for datasets whose images are already `img_size` (`fixed_size`)."""
+  return augment.DeviceAugment(aug, on_device=bool(aug.on_device),
+                               crop=bool(aug.on_device and fixed_size))
+
+
 class TFDataSource:
   """Common batching for TFDS splits and image folders; subclasses give `_dataset(split)`."""
 
@@ -133,10 +144,8 @@ class TFDataSource:
     self.image_shape = _size(aug) + (3,)
     self.normalization = {'mean': list(aug.mean), 'std': list(aug.std),
                           'crop_pct': aug.crop_pct, 'interpolation': aug.interpolation}
-    # On the device, fixed-size images are cropped and flipped in the step too.
-    self._crop_in_step = bool(aug.on_device and fixed_size)
-    self.device_augment = augment.DeviceAugment(aug, on_device=bool(aug.on_device),
-                                                crop=self._crop_in_step)
+    self.device_augment = device_augment_for(aug, fixed_size)
+    self._crop_in_step = self.device_augment.crop
     self._host_transform = None
     if not aug.on_device and aug.auto_augment:
       cpu = jax.devices('cpu')[0]

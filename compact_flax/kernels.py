@@ -42,9 +42,14 @@ def target(platform: str):
     _TARGET.reset(token)
 
 
+def platform() -> str:
+  """The platform being traced for: 'cpu', 'gpu' or 'tpu'."""
+  return _TARGET.get() or jax.default_backend()
+
+
 def on_cpu() -> bool:
   """Whether the model is being traced for XLA's CPU backend."""
-  return (_TARGET.get() or jax.default_backend()) == 'cpu'
+  return platform() == 'cpu'
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:

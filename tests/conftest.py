@@ -9,6 +9,9 @@ import pytest
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='compact_flax_jit_'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+# The CPU alone, even where a TPU or GPU plugin is installed (the compile tests target TPUs
+# through topologies, which need no backend).
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 FIXTURES = pathlib.Path(os.environ.get(
     'COMPACT_FLAX_FIXTURES',

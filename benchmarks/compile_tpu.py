@@ -1,0 +1,213 @@
+"""Compiles the real train and eval steps for a TPU slice, without TPUs, and estimates their speed.
+
+  pip install -e ".[tpu]"        # libtpu: XLA's TPU compiler, runs on any Linux host
+  python benchmarks/compile_tpu.py --config=configs/cifar10_cct7.py --topology=v5e:2x2
+  python benchmarks/compile_tpu.py --config=configs/imagenet_cct14.py --topology=v5p:2x2x4 \
+      --config.aug.on_device=False
+
+The steps are the ones `train_and_evaluate` runs: `steps.make_train_step` / `make_eval_step` with
+the config's model, optimizer, schedule and on-device recipe, jitted over a Mesh of the
+topology's devices with the trainer's shardings, traced with the TPU kernels
+(`kernels.target('tpu')`). XLA's TPU cost model then gives FLOPs and bytes per chip; the speed is
+a roofline ESTIMATE from the published per-chip peaks below, not a measurement. The last line
+printed is one JSON object.
+"""
+
+import json
+import os
+import re
+import sys
+import time
+from typing import Dict, List, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.experimental import topologies
+from ml_collections import config_flags
+
+from compact_flax import data
+from compact_flax import devices
+from compact_flax import input_pipeline
+from compact_flax import kernels
+from compact_flax import models
+from compact_flax import optim
+from compact_flax import steps
+from compact_flax import train
+from compact_flax import validation
+
+# Published per-chip figures (Google Cloud TPU system-architecture pages): dense bfloat16 FLOP/s,
+# HBM bandwidth (bytes/s), HBM capacity (bytes).
+CHIPS = {
+    'v4': (275e12, 1228e9, 32 << 30),
+    'v5e': (197e12, 819e9, 16 << 30),
+    'v5p': (459e12, 2765e9, 95 << 30),
+    'v6e': (918e12, 1640e9, 32 << 30),
+}
+
+config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+flags.DEFINE_string('topology', 'v5e:2x2', 'TPU slice, e.g. v4:2x2x2, v5e:2x2, v5p:2x2x4, v6e:4x4.')
+flags.DEFINE_integer('top', 12, 'How many of the heaviest HLO ops to list.')
+flags.DEFINE_string('dump_hlo', '', 'Write the optimized HLO of the train step to this file.')
+FLAGS = flags.FLAGS
+
+_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
+                'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8}
+_SHAPE = re.compile(r'\b(pred|[suf]\d+|bf16|c64)\[([\d,]*)\]')
+
+
+def chip_figures(topology: str) -> Tuple[float, float, int]:
+  generation = topology.split(':')[0].lower()
+  for name, figures in CHIPS.items():
+    if generation.startswith(name):
+      return figures
+  raise SystemExit(f'No published figures for {topology!r}; known: {sorted(CHIPS)}.')
+
+
+_BOOKKEEPING = ('parameter', 'constant', 'tuple', 'get-tuple-element', 'bitcast', 'copy-start',
+                'copy-done', 'slice-start', 'slice-done', 'after-all', 'partition-id')
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = (.*?) ([a-z-]+)\((.*?)\)(?:, |$)')
+
+
+def _shape_bytes(text: str) -> int:
+  total = 0
+  for dtype, dims in _SHAPE.findall(text):
+    size = 1
+    for d in filter(None, dims.split(',')):
+      size *= int(d)
+    total += size * _DTYPE_BYTES.get(dtype, 4)
+  return total
+
+
+def heaviest_ops(hlo_text: str, top: int) -> List[Dict[str, object]]:
+  """The entry computation's ops by bytes touched (operands + result), with the JAX op they came
+  from: where the memory traffic goes. Bookkeeping (tuples, async copies, bitcasts) is left out."""
+  entry = hlo_text[hlo_text.index('\nENTRY'):] if '\nENTRY' in hlo_text else ''
+  sizes, out = {}, []
+  for line in entry.splitlines()[1:]:
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    name, shape, op, operands = m.groups()
+    sizes[name] = _shape_bytes(shape)
+    if op in _BOOKKEEPING:
+      continue
+    touched = sizes[name] + sum(sizes.get(o.strip().lstrip('%'), 0)
+                                for o in operands.split(',') if o.strip().startswith('%'))
+    source = re.search(r'op_name="([^"]*)"', line)
+    out.append({'op': f'{op} {name}', 'bytes': touched,
+                'from': source.group(1).replace('jit(train_step)/', '')[-100:] if source else ''})
+  return sorted(out, key=lambda r: -r['bytes'])[:top]
+
+
+def abstract_inputs(config, model, tx, mesh):
+  """Shapes and shardings of what `train_step` and `eval_step` take: no arrays are made."""
+  h, w = (model.img_size,) * 2 if isinstance(model.img_size, int) else tuple(model.img_size)
+  c = model.n_input_channels
+  batch_sharding = devices.batch_sharded(mesh)
+  state = steps.abstract_state(config, model, tx, mesh)
+  train_batch = {'image': jax.ShapeDtypeStruct((config.batch_size, h, w, c), jnp.uint8,
+                                               sharding=batch_sharding),
+                 'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
+                                               sharding=batch_sharding)}
+  eval_batch = {'image': jax.ShapeDtypeStruct((config.eval_batch_size, h, w, c), jnp.float32,
+                                              sharding=batch_sharding),
+                'label': jax.ShapeDtypeStruct((config.eval_batch_size,), jnp.int32,
+                                              sharding=batch_sharding),
+                'mask': jax.ShapeDtypeStruct((config.eval_batch_size,), jnp.bool_,
+                                             sharding=batch_sharding)}
+  rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype,
+                             sharding=devices.replicated(mesh))
+  return state, train_batch, eval_batch, rng
+
+
+def compile_steps(config, topology: str):
+  """(compiled train step, compiled eval step, model, mesh, seconds to compile both)."""
+  problems = validation.problems(config, 1)
+  if problems:
+    raise SystemExit('error: ' + ' '.join(problems))
+  topo = topologies.get_topology_desc(topology_name=topology, platform='tpu')
+  mesh = devices.make_mesh(topo.devices)
+  _, variant = models.model_kwargs(config.model, **validation.model_kwargs(config))
+  img = variant['img_size']
+  h, w = (img, img) if isinstance(img, int) else tuple(img)
+  source = data.SyntheticSource((h, w, variant.get('n_input_channels', 3)), variant['num_classes'])
+  model, _ = train.build_model(config, source)
+  steps_per_epoch = max(1, source.num_train // config.batch_size)
+  tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, steps_per_epoch))
+  fixed = input_pipeline.FIXED_SIZES.get(config.dataset) == (h, w)
+  device_augment = input_pipeline.device_augment_for(config.aug, fixed)
+  t0 = time.perf_counter()
+  with kernels.target('tpu'):
+    state, train_batch, eval_batch, rng = abstract_inputs(config, model, tx, mesh)
+    train_step = steps.make_train_step(config, model, tx, mesh, steps_per_epoch=steps_per_epoch,
+                                       device_augment=device_augment)
+    compiled_train = train_step.lower(state, train_batch, rng).compile()
+    compiled_eval = steps.make_eval_step(model, mesh).lower(state.params, eval_batch).compile()
+  return compiled_train, compiled_eval, model, mesh, time.perf_counter() - t0
+
+
+def summarize(config, topology: str, compiled, compile_s: float, mesh, top: int) -> Dict:
+  peak, bandwidth, capacity = chip_figures(topology)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  memory = compiled.memory_analysis()
+  chips = len({tuple(getattr(d, 'coords', (d.id,))) for d in mesh.devices.flat})
+  per_chip = mesh.size / chips  # devices (TensorCores) per chip: 2 on v4, else 1
+  flops = float(cost.get('flops', 0.)) * per_chip  # XLA's figures are per device
+  nbytes = float(cost.get('bytes accessed', 0.)) * per_chip
+  hbm = per_chip * (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                    + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  flop_s, byte_s = flops / peak, nbytes / bandwidth
+  est = max(flop_s, byte_s)
+  return {
+      'config': config.get('name', ''), 'model': config.model, 'topology': topology,
+      'chips': chips, 'hosts': len({d.process_index for d in mesh.devices.flat}),
+      'batch_per_chip': config.batch_size / chips, 'compile_s': round(compile_s, 1),
+      'flops_per_chip': flops, 'bytes_per_chip': nbytes, 'hbm_bytes_per_chip': int(hbm),
+      'hbm_capacity_bytes': capacity, 'fits': hbm <= capacity,
+      'flop_bound_step_s': flop_s, 'memory_bound_step_s': byte_s, 'est_step_s': est,
+      'est_images_per_sec': config.batch_size / est if est else None,
+      'aug_on_device': bool(config.aug.on_device),
+      'heaviest_ops': heaviest_ops(compiled.as_text(), top),
+  }
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.ERROR)
+  config = FLAGS.config
+  config_path = [a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')]
+  with config.unlocked():
+    config.name = os.path.splitext(os.path.basename(config_path[0]))[0] if config_path else ''
+  compiled_train, compiled_eval, _, mesh, compile_s = compile_steps(config, FLAGS.topology)
+  result = summarize(config, FLAGS.topology, compiled_train, compile_s, mesh, FLAGS.top)
+  if FLAGS.dump_hlo:
+    with open(FLAGS.dump_hlo, 'w') as f:
+      f.write(compiled_train.as_text())
+  eval_cost = compiled_eval.cost_analysis()
+  eval_cost = eval_cost[0] if isinstance(eval_cost, (list, tuple)) else eval_cost
+  result['eval_flops_per_chip'] = float(eval_cost.get('flops', 0.))
+  print(f'{result["model"]} ({result["config"]}) on {FLAGS.topology}: {result["chips"]} chips on '
+        f'{result["hosts"]} host(s), {result["batch_per_chip"]:g} images per chip, compiled in '
+        f'{compile_s:.0f} s (train and eval steps).')
+  print(f'  per chip and step: {result["flops_per_chip"] / 1e12:.3f} TFLOP, '
+        f'{result["bytes_per_chip"] / 1e9:.2f} GB moved, HBM {result["hbm_bytes_per_chip"] / 2**30:.2f}'
+        f' of {result["hbm_capacity_bytes"] / 2**30:.0f} GiB')
+  print(f'  ESTIMATE (roofline from published peaks, not a measurement): '
+        f'{result["est_step_s"] * 1e3:.2f} ms/step (FLOP-bound {result["flop_bound_step_s"] * 1e3:.2f}'
+        f' ms, memory-bound {result["memory_bound_step_s"] * 1e3:.2f} ms), '
+        f'{result["est_images_per_sec"]:,.0f} images/s')
+  print('  heaviest ops by bytes touched:')
+  for op in result['heaviest_ops']:
+    print(f'    {op["bytes"] / 1e6:10.1f} MB  {op["op"]:<28} {op["from"]}')
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config')
+  app.run(main)

@@ -1,0 +1,39 @@
+"""The real train step compiled for a TPU slice without TPUs (XLA's TPU compiler, libtpu)."""
+
+import jax
+import pytest
+
+pytest.importorskip('libtpu', reason='needs XLA\'s TPU compiler: pip install "compact-flax[tpu]"')
+
+from benchmarks import compile_tpu  # pylint: disable=g-import-not-at-top,wrong-import-position
+from compact_flax import devices  # pylint: disable=g-import-not-at-top,wrong-import-position
+from compact_flax import input_pipeline
+from compact_flax import optim
+from compact_flax import steps
+from configs import cifar10_cct7
+
+
+def _config():
+  config = cifar10_cct7.get_config()
+  config.model = 'cct_2_3x2_32'
+  config.batch_size, config.eval_batch_size = 64, 64
+  return config
+
+
+def test_the_train_step_compiles_for_a_two_host_slice():
+  config = _config()
+  compiled, _, model, mesh, _ = compile_tpu.compile_steps(config, 'v4:2x2x2')
+  result = compile_tpu.summarize(config, 'v4:2x2x2', compiled, 0.0, mesh, top=5)
+  assert (result['hosts'], result['chips'], result['batch_per_chip']) == (2, 8, 8.0)
+  assert result['fits'] and result['est_step_s'] > 0
+  assert result['heaviest_ops'] and all(op['bytes'] > 0 for op in result['heaviest_ops'])
+  # The same step compiled for one CPU device does the same work, within what separates the two
+  # backends' kernels and cost models (the TPU count is about 1.35x the CPU's for this step).
+  cpu_mesh = devices.make_mesh(jax.devices()[:1])
+  tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, 100))
+  state, batch, _, rng = compile_tpu.abstract_inputs(config, model, tx, cpu_mesh)
+  step = steps.make_train_step(config, model, tx, cpu_mesh, steps_per_epoch=100,
+                               device_augment=input_pipeline.device_augment_for(config.aug, True))
+  cost = step.lower(state, batch, rng).compile().cost_analysis()
+  cpu_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
+  assert 0.8 < result['flops_per_chip'] * result['chips'] / cpu_flops < 1.6, (result, cpu_flops)

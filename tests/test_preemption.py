@@ -1,0 +1,79 @@
+"""Pre-emption on several hosts: SIGTERM reaches one of two processes at various moments; both stop
+at the same step, exit 0, and the relaunch ends exactly where an uninterrupted run ends."""
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import compact_flax
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ARGS = ('--config.num_epochs=2', '--config.warmup_epochs=1', '--config.log_every_steps=5')
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _launch(workdir):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED='1',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  port = _free_port()
+  return [subprocess.Popen(
+      [sys.executable, str(ROOT / 'train_main.py'), f'--config={ROOT / "configs/digits_cct.py"}',
+       f'--workdir={workdir}', *ARGS, f'--coordinator_address=127.0.0.1:{port}',
+       '--num_processes=2', f'--process_id={i}'], env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+
+def _finish(procs, timeout=300):
+  outs = [p.communicate(timeout=timeout)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  return outs
+
+
+def _latest(workdir):
+  root = pathlib.Path(workdir) / 'checkpoints'
+  return str(root / str(max(int(d) for d in os.listdir(root) if d.isdigit())))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('straight')
+  _finish(_launch(workdir))
+  return compact_flax.load_model(_latest(workdir))[1]
+
+
+# (the line of process 0 after which process 1 alone gets SIGTERM): during compilation,
+# mid-epoch, right before an evaluation, during the save after it, late in the run.
+MOMENTS = {'compile': 'parameters;', 'mid-epoch': ' step 10/', 'evaluation': ' step 20/',
+           'save': '  eval_loss', 'late': ' step 35/'}
+
+
+@pytest.mark.parametrize('moment', sorted(MOMENTS))
+def test_sigterm_to_one_process_stops_both_at_one_step(moment, uninterrupted, tmp_path):
+  procs = _launch(tmp_path)
+  lines = []
+  for line in procs[0].stdout:
+    lines.append(line)
+    if MOMENTS[moment] in line:
+      procs[1].send_signal(signal.SIGTERM)
+      break
+  outs = _finish(procs)
+  out = ''.join(lines) + outs[0]
+  assert 'Stopped by signal' in out, out
+  if 'before the first step' not in out:
+    stopped = int(out.split('Stopped by signal at step ')[1].split(';')[0])
+    assert int(os.path.basename(_latest(tmp_path))) == stopped, 'one checkpoint, at that step'
+  _finish(_launch(tmp_path))  # the relaunch
+  _, resumed = compact_flax.load_model(_latest(tmp_path))
+  jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
