@@ -25,6 +25,9 @@ HEAD_KEYS = ('classifier.fc.weight', 'classifier.fc.bias')
 #   conv: OIHW -> HWIO; linear: (out, in) -> (in, out); copy: as it is.
 NAME_TABLE = (
     (r'tokenizer\.conv_layers\.(\d+)\.0\.weight', 'tokenizer/conv_layers_{0}/kernel', 'conv'),
+    # Text: a (D, 1, k, word-dim) Conv2d over the sequence, a 1-D conv of kernel (k, word-dim, D).
+    (r'tokenizer\.conv_layers\.(\d+)\.weight', 'tokenizer/conv_layers_{0}/kernel', 'text_conv'),
+    (r'embedder\.embeddings\.weight', 'embedder/embeddings/embedding', 'copy'),
     (r'tokenizer\.conv_layers\.(\d+)\.0\.bias', 'tokenizer/conv_layers_{0}/bias', 'copy'),
     (r'classifier\.(positional_emb|class_emb)', 'classifier/{0}', 'copy'),
     (r'classifier\.blocks\.(\d+)\.(pre_norm|norm1)\.weight', 'classifier/blocks_{0}/{1}/scale', 'copy'),
@@ -41,9 +44,12 @@ NAME_TABLE = (
     (r'classifier\.(attention_pool|fc)\.weight', 'classifier/{0}/kernel', 'linear'),
     (r'classifier\.(attention_pool|fc)\.bias', 'classifier/{0}/bias', 'copy'),
 )
-_LAYOUT = {'conv': lambda w: w.transpose(2, 3, 1, 0), 'linear': lambda w: w.T, 'copy': lambda w: w}
+_LAYOUT = {'conv': lambda w: w.transpose(2, 3, 1, 0), 'linear': lambda w: w.T, 'copy': lambda w: w,
+           'text_conv': lambda w: w[:, 0].transpose(1, 2, 0)}
 _TORCH_SHAPE = {'conv': lambda s: (s[3], s[2], s[0], s[1]), 'linear': lambda s: s[::-1],
-                'copy': lambda s: s}
+                'copy': lambda s: s, 'text_conv': lambda s: (s[2], 1, s[0], s[1])}
+TEXT_EMBEDDING_KEY = 'embedder.embeddings.weight'
+TEXT_CONV_KEY = 'tokenizer.conv_layers.0.weight'
 log = logging.getLogger(__name__)
 
 
@@ -130,6 +136,8 @@ def describe_state_dict(sd: Mapping[str, np.ndarray]) -> str:
 
 def matching_variants(sd: Mapping[str, np.ndarray]):
   """Registered names whose architecture (depth, width, tokenizer, pooling) fits a state dict."""
+  if TEXT_EMBEDDING_KEY in sd:
+    return _matching_text_variants(sd)
   convs = [k for k in sd if re.fullmatch(r'tokenizer\.conv_layers\.\d+\.0\.weight', k)]
   if not convs or 'classifier.norm.weight' not in sd:
     return []
@@ -137,13 +145,68 @@ def matching_variants(sd: Mapping[str, np.ndarray]):
   dim, kernel = sd['classifier.norm.weight'].shape[0], sd[convs[0]].shape[-1]
   family = ('vit' if 'classifier.class_emb' in sd else
             'cvt' if 'tokenizer.conv_layers.0.0.bias' in sd else 'cct')
-  return [name for name, (fam, kw) in models.VARIANTS.items()
+  return [name for name, (fam, kw) in models.VARIANTS.items() if fam not in models.TEXT_FAMILIES
           if (fam, kw['num_layers'], kw['embedding_dim'], kw['kernel_size'],
               kw.get('n_conv_layers', 1)) == (family, depth, dim, kernel, len(convs))]
 
 
 def is_sine_table(pe: np.ndarray, atol: float = 1e-4) -> bool:
   return bool(np.allclose(pe, sinusoidal_embedding(pe.shape[1], pe.shape[2]), atol=atol))
+
+
+# --- Text models ---------------------------------------------------------------------------------
+
+def _matching_text_variants(sd):
+  """Text variants of the state dict's depth, width and pooling (CCT and CVT look alike)."""
+  depth = len({k.split('.')[2] for k in sd if k.startswith('classifier.blocks.')})
+  dim = sd['classifier.norm.weight'].shape[0] if 'classifier.norm.weight' in sd else None
+  families = (('text_transformer',) if TEXT_CONV_KEY not in sd else
+              ('text_vit',) if 'classifier.class_emb' in sd else ('text_cct', 'text_cvt'))
+  return [name for name, (fam, kw) in models.VARIANTS.items()
+          if fam in families and kw['num_layers'] == depth and kw['embedding_dim'] == dim]
+
+
+def text_kwargs(sd: Mapping[str, np.ndarray], model_name: str) -> Dict[str, Any]:
+  """What an official text state dict fixes about the model: vocabulary, word width, kernel or
+  patch, classes, positional embedding and the longest input its table covers."""
+  family, _ = models.VARIANTS[model_name]
+  kw = {}
+  if TEXT_EMBEDDING_KEY in sd:
+    kw['vocab_size'], kw['word_embedding_dim'] = sd[TEXT_EMBEDDING_KEY].shape
+  if TEXT_CONV_KEY in sd:
+    kw['kernel_size' if family == 'text_cct' else 'patch_size'] = sd[TEXT_CONV_KEY].shape[2]
+  if HEAD_KEYS[1] in sd:
+    kw['num_classes'] = sd[HEAD_KEYS[1]].shape[0]
+  if PE_KEY not in sd:
+    kw['positional_embedding'] = 'none'
+  return kw
+
+
+def _input_length(model_name: str, kwargs, tokens: int) -> Optional[int]:
+  """The input length (in words) that makes `tokens` tokens: what a stored table was built for.
+  Where several do (CCT makes 34 tokens of 64 or 65 words with kernel 1, 33 of 63 or 64 with
+  kernel 4), the roundest, the one divisible by the highest power of two; `seq_len=` overrides."""
+  model = models.create_model(model_name, **kwargs)
+  patch = getattr(model, 'patch_size', 1)
+  fits = [n for n in range(patch, 16 * tokens + 16, patch) if model.num_tokens(n) == tokens]
+  return max(fits, key=lambda n: ((n & -n), -n)) if fits else None
+
+
+def _text_state_dict(sd, model_name: str, overrides):
+  """The official text layout made ours: the positional table without its leading padding row
+  (the table covers positions 1.. of the official one), `seq_len` read from it."""
+  sd = dict(sd)
+  kwargs = {**text_kwargs(sd, model_name), **overrides}
+  if PE_KEY in sd:
+    sd[PE_KEY] = sd[PE_KEY][:, 1:]
+    if 'seq_len' not in overrides:
+      prefix = 0 if models.create_model(model_name, **kwargs).seq_pool else 1
+      seq_len = _input_length(model_name, kwargs, sd[PE_KEY].shape[1] - prefix)
+      if seq_len is None:
+        raise CheckpointError(f'{PE_KEY} has {sd[PE_KEY].shape[1] + 1} rows, which no input '
+                              f'length gives for {model_name} with {kwargs}.')
+      kwargs['seq_len'] = seq_len
+  return sd, kwargs
 
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], model_name: str, *,
@@ -159,6 +222,11 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], model_name: str, *,
   sd = dict(sd)
   if img_size is not None:
     overrides['img_size'] = img_size
+  family, _ = models.model_kwargs(model_name)
+  if family in models.TEXT_FAMILIES:
+    sd, overrides = _text_state_dict(sd, model_name, overrides)
+    if num_classes is None:  # the head is in the file; a text checkpoint needs no class count
+      num_classes = overrides.pop('num_classes', None)
   if num_classes is not None:
     overrides['num_classes'] = num_classes
   _, kwargs = models.model_kwargs(model_name, **overrides)

@@ -29,7 +29,7 @@ class Source(Protocol):
   name: str
   num_classes: int
   class_names: Sequence[str]
-  image_shape: Tuple[int, ...]      # one example's shape, e.g. (H, W, C)
+  image_shape: Tuple[int, ...]      # one example's shape, e.g. (H, W, C); text: (seq_len,)
   num_train: int
   num_eval: int
   # How pixels in [0, 1] were normalised (mean, std, crop_pct, interpolation), stored with
@@ -41,7 +41,7 @@ class Source(Protocol):
 
   def train_batches(self, start_step: int, *, batch_size: int, seed: int,
                     sharding) -> Iterator[Batch]:
-    """'image' and 'label' from `start_step` on, forever."""
+    """'image' (text: 'ids' and 'token_mask') and 'label' from `start_step` on, forever."""
 
   def eval_batches(self, *, batch_size: int, sharding) -> Iterator[Batch]:
     """'image', 'label' and 'mask' (False on padding rows) over the eval split, once."""
@@ -73,15 +73,17 @@ def local_rows(global_batch: int) -> slice:
 
 
 class InMemorySource:
-  """Arrays held in host memory: images (N, H, W, C) float32 normalised, labels (N,) int32."""
+  """Arrays held in host memory: images (N, H, W, C) float32 normalised, or a dict of input arrays
+  by batch key (text: 'ids' and 'token_mask'); labels (N,) int32."""
 
   def __init__(self, name, train_images, train_labels, eval_images, eval_labels, class_names):
     self.name = name
-    self.train_images, self.train_labels = train_images, train_labels
-    self.eval_images, self.eval_labels = eval_images, eval_labels
+    as_dict = lambda x: dict(x) if isinstance(x, Mapping) else {'image': x}
+    self.train_inputs, self.train_labels = as_dict(train_images), train_labels
+    self.eval_inputs, self.eval_labels = as_dict(eval_images), eval_labels
     self.class_names = list(class_names)
     self.num_classes = len(class_names)
-    self.image_shape = tuple(train_images.shape[1:])
+    self.image_shape = tuple(next(iter(self.train_inputs.values())).shape[1:])
     self.num_train, self.num_eval = len(train_labels), len(eval_labels)
     self.normalization = {}  # how pixels in [0, 1] were normalised: set by the maker
     self.device_augment = None
@@ -100,8 +102,8 @@ class InMemorySource:
       order = self.epoch_order(seed, epoch)
       while offset < steps_per_epoch:
         idx = order[offset * batch_size:(offset + 1) * batch_size][rows]
-        yield to_global({'image': self.train_images[idx], 'label': self.train_labels[idx]},
-                        sharding)
+        yield to_global({**{k: v[idx] for k, v in self.train_inputs.items()},
+                         'label': self.train_labels[idx]}, sharding)
         offset += 1
       step = (epoch + 1) * steps_per_epoch
 
@@ -112,8 +114,8 @@ class InMemorySource:
       idx = np.arange(start, start + batch_size)
       mask = idx < self.num_eval
       idx = np.where(mask, idx, 0)[rows]
-      yield to_global({'image': self.eval_images[idx], 'label': self.eval_labels[idx],
-                       'mask': mask[rows]}, sharding)
+      yield to_global({**{k: v[idx] for k, v in self.eval_inputs.items()},
+                       'label': self.eval_labels[idx], 'mask': mask[rows]}, sharding)
 
 
 def digits(eval_fraction: float = 0.2, split_seed: int = 0) -> InMemorySource:

@@ -23,6 +23,7 @@ from PIL import Image
 
 from compact_flax import augment
 from compact_flax import data as data_lib
+from compact_flax import text_data
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,36 @@ class TFDataSource:
       yield data_lib.to_global(batch, sharding)
 
 
+def tfds_builder(name: str, tfds_name: str, *, data_dir=None, download=True):
+  """The prepared TFDS builder of a dataset (downloaded and prepared if it may be); errors say
+  what close names exist and how to prepare one without network."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    close = difflib.get_close_matches(tfds_name, list(KNOWN) + list(data_lib.SOURCES) + [
+        n.split('/')[0] for n in tfds.list_builders()], n=3, cutoff=0.6)
+    hint = f' Did you mean: {", ".join(dict.fromkeys(close))}?' if close else ''
+    raise ValueError(f"Unknown dataset '{name}': not a compact-flax source "
+                     f"({sorted(data_lib.SOURCES)}, 'folder:PATH') nor a TFDS dataset "
+                     f'({str(e).splitlines()[0] if str(e) else type(e).__name__}).{hint}'
+                     ) from None
+  if not builder.is_prepared():
+    hint = (f'Prepare it where there is network access with `tfds build {tfds_name} '
+            f'--data_dir=DIR` (ImageNet needs its archives placed in DIR/downloads/manual '
+            'first), then pass --config.data_dir=DIR.')
+    if not download:
+      raise ValueError(f"TFDS dataset '{tfds_name}' is not prepared in "
+                       f'{builder.data_dir}. {hint}')
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"TFDS dataset '{tfds_name}' is not prepared in "
+                       f'{builder.data_dir} and could not be downloaded '
+                       f'({type(e).__name__}). {hint}') from None
+  return builder
+
+
 class TFDSSource(TFDataSource):
   """A TFDS image-classification dataset by name; each process reads its own shard."""
 
@@ -208,29 +239,7 @@ class TFDSSource(TFDataSource):
     tfds_name, default_train, default_eval = KNOWN.get(name, (name, 'train', 'test'))
     self.tfds, self.train_split = tfds, train_split or default_train
     self.eval_split = eval_split or default_eval
-    try:
-      self.builder = tfds.builder(tfds_name, data_dir=data_dir)
-    except Exception as e:  # pylint: disable=broad-except
-      close = difflib.get_close_matches(tfds_name, list(KNOWN) + list(data_lib.SOURCES) + [
-          n.split('/')[0] for n in tfds.list_builders()], n=3, cutoff=0.6)
-      hint = f' Did you mean: {", ".join(dict.fromkeys(close))}?' if close else ''
-      raise ValueError(f"Unknown dataset '{name}': not a compact-flax source "
-                       f"({sorted(data_lib.SOURCES)}, 'folder:PATH') nor a TFDS dataset "
-                       f'({str(e).splitlines()[0] if str(e) else type(e).__name__}).{hint}'
-                       ) from None
-    if not self.builder.is_prepared():
-      hint = (f'Prepare it where there is network access with `tfds build {tfds_name} '
-              f'--data_dir=DIR` (ImageNet needs its archives placed in DIR/downloads/manual '
-              'first), then pass --config.data_dir=DIR.')
-      if not download:
-        raise ValueError(f"TFDS dataset '{tfds_name}' is not prepared in "
-                         f'{self.builder.data_dir}. {hint}')
-      try:
-        self.builder.download_and_prepare()
-      except Exception as e:  # pylint: disable=broad-except
-        raise ValueError(f"TFDS dataset '{tfds_name}' is not prepared in "
-                         f'{self.builder.data_dir} and could not be downloaded '
-                         f'({type(e).__name__}). {hint}') from None
+    self.builder = tfds_builder(name, tfds_name, data_dir=data_dir, download=download)
     info = self.builder.info
     labels = info.features['label']
     shape = info.features['image'].shape
@@ -308,10 +317,21 @@ class ImageFolderSource(TFDataSource):
 
 
 def get_source(name: str, config=None) -> data_lib.Source:
-  """The named source: 'digits', 'synthetic', 'folder:/path/to/images', or any TFDS dataset."""
+  """The named source: 'digits', 'synthetic', 'synthetic_text', 'folder:/path/to/images', a TFDS
+  text dataset (`text_data.TEXT_DATASETS`, or any with `dataset_kwargs.text_keys`), or any TFDS
+  image dataset."""
   kwargs = dict(config.get('dataset_kwargs', {})) if config is not None else {}
+  kwargs = {k: v for k, v in kwargs.items() if v is not None}  # None: unset
   if name in data_lib.SOURCES:
     return data_lib.SOURCES[name](**kwargs)
+  if name == 'synthetic_text':
+    return text_data.synthetic_text(**kwargs)
+  if name in text_data.TEXT_DATASETS or 'text_keys' in kwargs:
+    _tf()
+    builder = tfds_builder(name, name, data_dir=config.get('data_dir') or None)
+    return text_data.tfds_text_source(
+        name, builder, train_split=config.get('train_split') or None,
+        eval_split=config.get('eval_split') or None, **kwargs)
   if name.startswith('folder:'):
     return ImageFolderSource(name[len('folder:'):], config.aug, **kwargs)
   try:

@@ -28,9 +28,17 @@ def image_shape(model) -> Tuple[int, int, int]:
   return h, w, model.n_input_channels
 
 
+def input_spec(model) -> Tuple[Tuple[int, ...], Any]:
+  """One example's shape and dtype: an (H, W, C) float image, or a text model's word ids."""
+  if hasattr(model, 'input_spec'):
+    return model.input_spec()
+  return image_shape(model), jnp.float32
+
+
 def init_variables(model, seed: int = 0, *, abstract: bool = False):
-  """The model's initial variables (or their shapes) for a batch of one image."""
-  init = lambda: model.init(jax.random.key(seed), jnp.zeros((1,) + image_shape(model)))
+  """The model's initial variables (or their shapes) for a batch of one example."""
+  shape, dtype = input_spec(model)
+  init = lambda: model.init(jax.random.key(seed), jnp.zeros((1,) + shape, dtype))
   return jax.eval_shape(init) if abstract else jax.jit(init)()
 
 

@@ -1,6 +1,7 @@
-"""CCT, CVT and ViT-Lite, and the table of every official variant by its official name.
+"""CCT, CVT and ViT-Lite, and the table of every official variant by its official name (the text
+models, `text_*`, are in `text.py`).
 
-Inputs are NHWC floats. `img_size` may be an int or (height, width); it fixes the shape of the
+Vision inputs are NHWC floats. `img_size` may be an int or (height, width); it fixes the shape of the
 positional embedding. Constructor fields mirror the official PyTorch classes.
 """
 
@@ -11,6 +12,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
+from compact_flax.text import TextCCT, TextCVT, TextTransformerLite, TextViTLite
 from compact_flax.tokenizer import Tokenizer, _pair
 from compact_flax.transformer import TransformerClassifier, check_positional_embedding
 
@@ -107,7 +109,9 @@ class ViTLite(CVT):
 
 # depth -> (num_heads, mlp_ratio, embedding_dim), as in the official cct_N / cvt_N / vit_N.
 _SIZES = {2: (2, 1, 128), 4: (2, 1, 128), 6: (4, 2, 256), 7: (4, 2, 256), 14: (6, 3, 384)}
-_FAMILIES = {'cct': CCT, 'cvt': CVT, 'vit': ViTLite}
+_FAMILIES = {'cct': CCT, 'cvt': CVT, 'vit': ViTLite, 'text_cct': TextCCT, 'text_cvt': TextCVT,
+             'text_vit': TextViTLite, 'text_transformer': TextTransformerLite}
+TEXT_FAMILIES = ('text_cct', 'text_cvt', 'text_vit', 'text_transformer')
 
 
 def _variant(family, depth, img_size, num_classes, pe, kernel_size, n_conv_layers=None):
@@ -118,6 +122,22 @@ def _variant(family, depth, img_size, num_classes, pe, kernel_size, n_conv_layer
   if family == 'cct':  # official `_cct`: stride and padding follow the kernel size
     kw.update(n_conv_layers=n_conv_layers, stride=max(1, kernel_size // 2 - 1),
               padding=max(1, kernel_size // 2))
+  return family, kw
+
+
+def _text_variant(family, depth):
+  """The official `text_*_N` factories: CCT kernel 4 (stride and padding from it), CVT and ViT
+  patch 4, Transformer-Lite as wide as the 300-d word vectors; `text_cvt_6` is 128 wide, as
+  published (the other 6-layer ones are 256)."""
+  heads, mlp_ratio, dim = _SIZES[depth]
+  kw = dict(num_layers=depth, num_heads=heads, mlp_ratio=mlp_ratio, embedding_dim=dim,
+            positional_embedding='sine')
+  if family == 'text_cct':
+    kw.update(kernel_size=4, stride=1, padding=2)
+  elif family in ('text_cvt', 'text_vit'):
+    kw.update(patch_size=4, embedding_dim=128 if family == 'text_cvt' else dim)
+  else:
+    kw.update(embedding_dim=300)
   return family, kw
 
 
@@ -134,6 +154,9 @@ def _official_table() -> Dict[str, Tuple[str, Dict[str, Any]]]:
     for family in ('cvt', 'vit'):
       for d in (2, 4, 6, 7):
         table[f'{family}_{d}_4_32{suffix}'] = _variant(family, d, 32, 10, pe, 4)
+  for family in TEXT_FAMILIES:
+    for d in (2, 4, 6):
+      table[f'{family}_{d}'] = _text_variant(family, d)
   table['cct_14_7x2_224'] = _variant('cct', 14, 224, 1000, 'learnable', 7, 2)
   table['cct_14_7x2_384'] = _variant('cct', 14, 384, 1000, 'learnable', 7, 2)
   table['cct_14_7x2_384_fl'] = _variant('cct', 14, 384, 102, 'learnable', 7, 2)
@@ -157,11 +180,20 @@ def model_kwargs(name: str, **overrides) -> Tuple[str, Dict[str, Any]]:
                      f'{len(VARIANTS)}.')
   family, kwargs = VARIANTS[name]
   cls = _FAMILIES[family]
+  if family == 'text_cct' and 'kernel_size' in overrides:  # official `_text_cct`: from the kernel
+    k = overrides['kernel_size']
+    kwargs = dict(kwargs, stride=max(1, k // 2 - 1), padding=max(1, k // 2))
   fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
   unknown = sorted(set(overrides) - fields)
   if unknown:
     raise TypeError(f'{cls.__name__} has no argument(s) {unknown}; it takes {sorted(fields)}.')
   return family, {**kwargs, **overrides}
+
+
+def constructor_arguments(model: nn.Module) -> Dict[str, Any]:
+  """A built model's constructor fields (not Flax's `name`/`parent`), to rebuild it by name."""
+  return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+          if f.name not in ('parent', 'name')}
 
 
 def create_model(model_name: str, **overrides) -> nn.Module:

@@ -32,14 +32,26 @@ def weight_decay_mask(params):
   """timm's rule: no weight decay on biases and 1-D parameters (norms); the PE is decayed."""
   flat = flax.traverse_util.flatten_dict(params)
   return flax.traverse_util.unflatten_dict(
-      {k: v.ndim > 1 and k[-1] != 'bias' for k, v in flat.items()})
+      {k: getattr(v, 'ndim', 0) > 1 and k[-1] != 'bias' for k, v in flat.items()})
+
+
+def frozen_labels(params):
+  """'frozen' for a text model's word embedding, 'trained' for everything else."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict(
+      {k: 'frozen' if k[0] == 'embedder' else 'trained' for k in flat})
 
 
 def create_optimizer(config, schedule) -> optax.GradientTransformation:
-  """Optional global-norm clipping, then AdamW on `schedule`."""
+  """Optional global-norm clipping, then AdamW on `schedule`. With `config.freeze_embedding` a
+  text model's word embedding is outside both: no update, no decay, not in the clipped norm (as
+  a PyTorch parameter without gradient)."""
   parts = []
   if config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
   parts.append(optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
                            weight_decay=config.weight_decay, mask=weight_decay_mask))
-  return optax.chain(*parts)
+  tx = optax.chain(*parts)
+  if config.get('freeze_embedding'):
+    tx = optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, frozen_labels)
+  return tx

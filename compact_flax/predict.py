@@ -1,11 +1,14 @@
-"""Top-5 labels for image files from a trained, converted or official checkpoint.
+"""Top-5 labels for image files or texts from a trained, converted or official checkpoint.
 
   python -m compact_flax.predict --checkpoint DIR photo1.jpg photo2.png
   python -m compact_flax.predict --model cct_7_3x1_32 --pretrained [--source FILE.pth] photo.jpg
+  python -m compact_flax.predict --checkpoint TEXT_DIR --text "Stocks rallied ..." [--text_file F]
 
 Images of any size are resized with the checkpoint's eval transform (shorter side to
 img_size / crop_pct, bicubic, centre crop, the training normalisation). Class names are those of
 the dataset the checkpoint was trained on. An unreadable file is reported and the rest predicted.
+Texts are split into words and mapped to ids with the vocabulary stored in the checkpoint; words
+it lacks become `<unk>`, words past the model's length are cut.
 """
 
 import argparse
@@ -18,12 +21,15 @@ from PIL import Image
 
 from compact_flax import checkpoint
 from compact_flax import input_pipeline
+from compact_flax import text_data
 from compact_flax import zoo
 
 
 def eval_spec(spec: Dict[str, Any], model) -> Dict[str, Any]:
   """The spec's `data` block, filled in from the zoo's defaults where a checkpoint lacks it."""
   data = dict(spec.get('data') or {})
+  if 'text' in data:
+    return data
   default = zoo.data_spec(data.get('dataset') or zoo.default_dataset(spec.get('model', '')),
                           model.num_classes)
   for k, v in default.items():
@@ -70,11 +76,23 @@ def predict_files(model, variables, data, paths: Sequence[str], top_k: int = 5
   if images:
     probs = np.asarray(jax.nn.softmax(jax.jit(model.apply)(variables, np.stack(images))
                                       .astype(np.float32)))
-    names = data['class_names']
-    for path, p in zip(ok, probs):
-      top = np.argsort(-p)[:top_k]
-      results.append((path, [(names[i], float(p[i])) for i in top]))
+    results = list(zip(ok, _top(probs, data['class_names'], top_k)))
   return results, failed
+
+
+def _top(probs, names, top_k):
+  return [[(names[i], float(p[i])) for i in np.argsort(-p)[:top_k]] for p in probs]
+
+
+def predict_texts(model, variables, data, texts: Sequence[str], top_k: int = 5
+                  ) -> List[List[Tuple[str, float]]]:
+  """[(class name, probability)] * top_k for each text, by a text checkpoint."""
+  if 'text' not in data:
+    raise ValueError('this checkpoint is an image model; pass image files, not --text.')
+  vocab = text_data.Vocabulary(data['text']['vocab'])
+  ids, mask = vocab.encode(texts, model.seq_len)
+  logits = jax.jit(lambda v, i, m: model.apply(v, i, mask=m))(variables, ids, mask)
+  return _top(np.asarray(jax.nn.softmax(logits.astype(np.float32))), data['class_names'], top_k)
 
 
 def load(args):
@@ -107,7 +125,9 @@ def positive_int(text: str) -> int:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('images', nargs='+')
+  parser.add_argument('images', nargs='*')
+  parser.add_argument('--text', action='append', default=[], help='a text to classify (repeatable)')
+  parser.add_argument('--text_file', help='a file of texts, one per line')
   parser.add_argument('--checkpoint', help='converted or trained checkpoint (or a workdir)')
   parser.add_argument('--model', help='registered name, with --pretrained')
   parser.add_argument('--pretrained', action='store_true')
@@ -115,7 +135,21 @@ def main(argv=None):
   parser.add_argument('--top_k', type=positive_int, default=5)
   args = parser.parse_args(argv)
   try:
+    texts = list(args.text)
+    if args.text_file:
+      with open(args.text_file, encoding='utf-8') as f:
+        texts += [line.rstrip('\n') for line in f if line.strip()]
+    if not texts and not args.images:
+      raise ValueError('nothing to predict: give image files, --text or --text_file.')
     model, variables, data = load(args)
+    if texts:
+      if args.images:
+        raise ValueError('give either image files or texts, not both.')
+      for text, top in zip(texts, predict_texts(model, variables, data, texts, args.top_k)):
+        print(f'{text[:60]!r}: ' + ', '.join(f'{name} {p:.3f}' for name, p in top))
+      return 0
+    if 'text' in data:
+      raise ValueError('this checkpoint is a text model; pass --text or --text_file.')
   except LOAD_ERRORS as e:
     print(f'error: {describe(e)}', file=sys.stderr)
     return 1

@@ -57,11 +57,18 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def apply_model(model, params, inputs, **kwargs):
+  """The model on a batch's inputs: images, or a text batch's word ids and their mask."""
+  if isinstance(inputs, dict):
+    return model.apply({'params': params}, inputs['ids'], mask=inputs['token_mask'], **kwargs)
+  return model.apply({'params': params}, inputs, **kwargs)
+
+
 def _gradients(state, images, targets, key, *, model, accum_steps: int):
   """(mean loss, mean gradients), over `accum_steps` micro-batches of rows j, j+k, ...: each
   stays on the device that holds it."""
   def loss_fn(params, images, targets, key):
-    logits = model.apply({'params': params}, images, train=True, rngs={'dropout': key})
+    logits = apply_model(model, params, images, train=True, rngs={'dropout': key})
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
 
   grad_fn = jax.value_and_grad(loss_fn)
@@ -88,6 +95,10 @@ def prepare_batch(batch, k_aug, k_mix, *, num_classes: int, config,
   """(model input, soft targets) of a training batch, in the official loader's order: the
   per-image recipe left to the step (`device_augment.before`), Mixup/CutMix with label smoothing
   (`mix`: whether it is still on), normalisation and random erasing (`device_augment.after`)."""
+  if 'ids' in batch:  # text: label smoothing only
+    return ({'ids': batch['ids'], 'token_mask': batch['token_mask']},
+            optax.smooth_labels(jax.nn.one_hot(batch['label'], num_classes),
+                                config.label_smoothing))
   aug = config.get('aug') or {}
   images = batch['image'].astype(jnp.float32)
   if device_augment is not None:
@@ -130,7 +141,9 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config,
 
 def eval_step(params, batch, *, model):
   """Sums over the real (unmasked) rows: loss, top-1 and top-5 hits, count."""
-  logits = model.apply({'params': params}, batch['image'], train=False).astype(jnp.float32)
+  inputs = ({'ids': batch['ids'], 'token_mask': batch['token_mask']} if 'ids' in batch
+            else batch['image'])
+  logits = apply_model(model, params, inputs, train=False).astype(jnp.float32)
   mask = batch['mask'].astype(jnp.float32)
   loss = cross_entropy(logits, batch['label'], model.num_classes)
   topk = jax.lax.top_k(logits, min(5, model.num_classes))[1]

@@ -65,14 +65,21 @@ def get_source(config):
 
 
 def build_model(config, source):
-  """The configured model for `source`'s class count; checks the image shape fits."""
+  """The configured model for `source`'s class count (a text source also sets the vocabulary size
+  and length); checks the input shape fits."""
   kwargs = validation.model_kwargs(config)
   kwargs.setdefault('num_classes', source.num_classes)
+  for k, v in getattr(source, 'model_kwargs', {}).items():
+    kwargs.setdefault(k, v)
   try:
     model = models.create_model(config.model, dtype=DTYPES[config.dtype], **kwargs)
   except (ValueError, TypeError) as e:
     raise TrainingError(str(e)) from None
-  if merge.image_shape(model) != tuple(source.image_shape):
+  is_text, text_source = hasattr(model, 'seq_len'), 'text' in source.normalization
+  if is_text != text_source:
+    raise TrainingError(f'{config.model} is a {"text" if is_text else "vision"} model but '
+                        f'{source.name} holds {"texts" if text_source else "images"}.')
+  if not is_text and merge.image_shape(model) != tuple(source.image_shape):
     raise TrainingError(
         f'{config.model} takes images of shape {merge.image_shape(model)} but {source.name} has '
         f'{tuple(source.image_shape)}: set config.model_kwargs.img_size / n_input_channels.')
@@ -93,10 +100,11 @@ def steps_per_epoch(config, source) -> int:
 def load_init_params(config, model):
   """Params from `config.init_from` (converted or trained), fitted by `checkpoint.load_model` to
   `model`'s resolution, class count and positional embedding, and checked against `model`."""
+  fit = {'img_size': model.img_size} if hasattr(model, 'img_size') else {}
   try:
     _, variables = checkpoint.load_model(
-        config.init_from, img_size=model.img_size, num_classes=model.num_classes,
-        positional_embedding=model.positional_embedding, seed=config.seed)
+        config.init_from, num_classes=model.num_classes,
+        positional_embedding=model.positional_embedding, seed=config.seed, **fit)
     merge.check_fits(model, variables['params'],
                      hint=f'config.init_from does not hold a {config.model}')
   except (FileNotFoundError, ValueError) as e:
@@ -104,8 +112,20 @@ def load_init_params(config, model):
   return variables['params']
 
 
-def restore_or_init(config, model, tx, mesh, checkpoints) -> steps.TrainState:
-  """The workdir's newest intact state if there is one, else step 0 (from `init_from` if set)."""
+def word_vector_params(config, model, vectors):
+  """The model's init with the embedding table replaced by pretrained word vectors."""
+  params = merge.init_variables(model, config.seed)['params']
+  embedding = params['embedder']['embeddings']['embedding']
+  if embedding.shape != vectors.shape:
+    raise TrainingError(f'The word vectors are {vectors.shape} but the embedding is '
+                        f'{embedding.shape}.')
+  params['embedder']['embeddings']['embedding'] = jnp.asarray(vectors, embedding.dtype)
+  return params
+
+
+def restore_or_init(config, model, tx, mesh, checkpoints, source=None) -> steps.TrainState:
+  """The workdir's newest intact state if there is one, else step 0 (from `init_from` if set,
+  or with the source's pretrained word vectors)."""
   state = checkpoints.restore_latest(steps.abstract_state(config, model, tx, mesh))
   for note in checkpoints.notes:
     _say(f'warning: {note}')
@@ -113,6 +133,9 @@ def restore_or_init(config, model, tx, mesh, checkpoints) -> steps.TrainState:
     _say(f'Resuming from step {int(state.step)} in {os.path.dirname(checkpoints.directory)}.')
     return state
   params = load_init_params(config, model) if config.init_from else None
+  vectors = getattr(source, 'word_vectors', None)
+  if params is None and vectors is not None:
+    params = word_vector_params(config, model, vectors)
   return steps.init_state(config, model, tx, mesh, params)
 
 
@@ -255,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoints = train_checkpoints.TrainCheckpoints(
         workdir, spec, keep=config.keep_checkpoints, async_save=config.checkpoint_async)
     with checkpoints:
-      state = restore_or_init(config, model, tx, mesh, checkpoints)
+      state = restore_or_init(config, model, tx, mesh, checkpoints, source)
       with workdir_lib.MetricsWriter(workdir, int(state.step)) as writer:
         evaluate = Evaluator(config, model, mesh, source, schedule, epoch_steps, writer)
         _say(f'{config.model}: {sum(x.size for x in jax.tree.leaves(state.params)):,} parameters; '

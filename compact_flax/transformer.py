@@ -46,7 +46,9 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool = False):
+  def __call__(self, x, mask=None, *, train: bool = False):
+    """`mask` (batch, tokens) bool, optional: a pair attends only where both are True (the official
+    masked attention; a padded query attends uniformly to every key)."""
     b, n, c = x.shape
     head_dim = c // self.num_heads
     dense = lambda features, name, use_bias=True: nn.Dense(
@@ -55,8 +57,11 @@ class Attention(nn.Module):
     qkv = token_wise(dense(3 * c, 'qkv', use_bias=False), x)
     # Output channels are laid out [3][heads][head_dim], as the checkpoints store them.
     q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, head_dim), 2, 0)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * head_dim**-0.5
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    logits = (jnp.einsum('bqhd,bkhd->bhqk', q, k) * head_dim**-0.5).astype(jnp.float32)
+    if mask is not None:  # a finite fill, as the official code: fully masked rows stay finite
+      pair = mask[:, None, :, None] & mask[:, None, None, :]
+      logits = jnp.where(pair, logits, -jnp.finfo(jnp.float32).max)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     self.sow('intermediates', 'attention_weights', probs)  # (batch, heads, query, key)
     probs = nn.Dropout(self.attention_dropout, name='attn_drop')(probs, deterministic=not train)
     x = jnp.einsum('bhqk,bkhd->bqhd', probs, v).reshape(b, n, c)
@@ -79,7 +84,7 @@ class TransformerEncoderLayer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool = False):
+  def __call__(self, x, mask=None, *, train: bool = False):
     d = x.shape[-1]
     norm = lambda name: nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype,
                                      name=name)
@@ -89,8 +94,9 @@ class TransformerEncoderLayer(nn.Module):
     drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2), name='drop_path')
     dropout = lambda name: nn.Dropout(self.dropout, name=name)
 
-    y = Attention(self.num_heads, self.attention_dropout, self.dropout, dtype=self.dtype,
-                  param_dtype=self.param_dtype, name='self_attn')(norm('pre_norm')(x), train=train)
+    attn = Attention(self.num_heads, self.attention_dropout, self.dropout, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name='self_attn')
+    y = attn(norm('pre_norm')(x), mask, train=train)
     x = norm('norm1')(x + drop_path(y, deterministic=not train))
     y = nn.gelu(token_wise(dense(self.mlp_dim, 'linear1'), x), approximate=False)
     y = token_wise(dense(d, 'linear2'), dropout('dropout1')(y, deterministic=not train))
@@ -100,6 +106,10 @@ class TransformerEncoderLayer(nn.Module):
 
 class TransformerClassifier(nn.Module):
   """Positional embedding, encoder stack, final LayerNorm, then sequence pooling or the class token.
+
+  With a token `mask` (batch, tokens) bool, attention, sequence pooling and the class token see
+  only the real tokens, so the logits depend neither on what pads a sequence nor on how much
+  (`mask_pooling=False` pools over every token, as the official text code did).
 
   Sows into the 'intermediates' collection: `tokens` (after the final norm), `pooling_weights`
   (sequence pooling's softmax over tokens, shape (batch, tokens)) and `pre_logits`.
@@ -111,6 +121,7 @@ class TransformerClassifier(nn.Module):
   seq_pool: bool = True  # False: prepend a class token and classify from it (ViT-Lite)
   positional_embedding: str = 'learnable'
   sequence_length: Optional[int] = None  # tokens from the tokenizer (no class token): the PE's size
+  mask_pooling: bool = True
   dropout: float = 0.0
   attention_dropout: float = 0.1
   stochastic_depth: float = 0.1
@@ -118,7 +129,7 @@ class TransformerClassifier(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool = False):
+  def __call__(self, x, mask=None, *, train: bool = False):
     check_positional_embedding(self.positional_embedding)
     b, n, d = x.shape
     if self.positional_embedding != 'none' and n != self.sequence_length:
@@ -129,11 +140,13 @@ class TransformerClassifier(nn.Module):
     if not self.seq_pool:
       cls = self.param('class_emb', nn.initializers.zeros, (1, 1, d), self.param_dtype)
       x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
+      if mask is not None:
+        mask = jnp.concatenate([jnp.ones((b, 1), bool), mask], axis=1)
     tokens = x.shape[1]
     if self.positional_embedding == 'learnable':
       # trunc_normal_(std=.2) with PyTorch's absolute +-2 cut: ten sigma, effectively untruncated.
-      pe = self.param('positional_emb', nn.initializers.normal(stddev=0.2), (1, tokens, d),
-                      self.param_dtype)
+      pe = self.param('positional_emb', nn.initializers.normal(stddev=0.2),
+                      (1, tokens, d), self.param_dtype)
       x = x + pe.astype(x.dtype)
     elif self.positional_embedding == 'sine':
       x = x + jnp.asarray(sinusoidal_embedding(tokens, d), x.dtype)  # a constant, not a parameter
@@ -143,14 +156,17 @@ class TransformerClassifier(nn.Module):
     for i, rate in enumerate(rates):
       x = TransformerEncoderLayer(
           self.num_heads, int(d * self.mlp_ratio), self.dropout, self.attention_dropout, float(rate),
-          dtype=self.dtype, param_dtype=self.param_dtype, name=f'blocks_{i}')(x, train=train)
+          dtype=self.dtype, param_dtype=self.param_dtype, name=f'blocks_{i}')(x, mask, train=train)
     x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name='norm')(x)
     self.sow('intermediates', 'tokens', x)
 
     if self.seq_pool:
       w = token_wise(nn.Dense(1, kernel_init=dense_init, dtype=self.dtype,
                               param_dtype=self.param_dtype, name='attention_pool'), x)
-      w = jax.nn.softmax(w[..., 0].astype(jnp.float32), axis=-1)
+      w = w[..., 0].astype(jnp.float32)
+      if mask is not None and self.mask_pooling:
+        w = jnp.where(mask, w, -jnp.finfo(jnp.float32).max)
+      w = jax.nn.softmax(w, axis=-1)
       self.sow('intermediates', 'pooling_weights', w)
       x = jnp.einsum('bn,bnd->bd', w.astype(x.dtype), x)
     else:

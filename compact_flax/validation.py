@@ -105,6 +105,7 @@ CHECKS: Dict[str, Callable[[Any], Tuple[bool, str]]] = {
     'aug.mixup_mode': _one_of('batch', 'elem', 'pair'), 'aug.mixup_off_epoch': _int(0), 'aug.on_device': _bool,
     'log_every_steps': _int(1), 'eval_every_epochs': _int(1), 'checkpoint_every_steps': _int(1),
     'keep_checkpoints': _int(1), 'checkpoint_async': _bool, 'init_from': _str, 'eval_only': _bool,
+    'freeze_embedding': _bool, 'dataset_kwargs.seq_len': _int(1), 'dataset_kwargs.min_freq': _int(1),
 }
 REQUIRED = ('model', 'model_kwargs', 'dataset', 'num_epochs', 'batch_size', 'seed',
             'learning_rate', 'weight_decay', 'warmup_epochs', 'warmup_lr', 'min_lr',

@@ -1,14 +1,18 @@
-"""What a CCT looks at: the sequence-pooling weight of every token, as a heat map over the image.
+"""What a CCT looks at: the sequence-pooling weight of every token, as a heat map over the image
+or as shading over the words of a text.
 
   python -m compact_flax.visualize --checkpoint DIR photo.jpg --output attention.png
+  python -m compact_flax.visualize --checkpoint TEXT_DIR --text "..." --output words.html
 
 Sequence pooling gives each token one softmax weight; tokens are a grid over the image, so the
 weights upsample to a map. For ViT-Lite (no pooling) the map is the class token's attention in the
 last layer, averaged over heads. The PNG shows the input (as the model saw it) and the overlay
-side by side.
+side by side. A text model's token weights go to the words each token was computed from (shared
+equally among them); the HTML page shades every word by its weight.
 """
 
 import argparse
+import html
 import os
 import sys
 
@@ -16,11 +20,12 @@ import numpy as np
 from PIL import Image
 
 from compact_flax import predict
+from compact_flax import text_data
 
 
-def token_weights(model, variables, images) -> np.ndarray:
-  """(batch, rows, cols) weights summing to 1 per image."""
-  _, state = model.apply(variables, images, mutable='intermediates')
+def _pooled(model, state) -> np.ndarray:
+  """(batch, tokens): sequence pooling's weights, or (a class token) the class token's attention
+  over the other tokens in the last layer, averaged over heads."""
   inter = state['intermediates']['classifier']
   if 'pooling_weights' in inter:
     w = inter['pooling_weights'][0]
@@ -28,8 +33,54 @@ def token_weights(model, variables, images) -> np.ndarray:
     last = inter[f'blocks_{model.num_layers - 1}']['self_attn']['attention_weights'][0]
     w = last.mean(axis=1)[:, 0, 1:]
     w = w / w.sum(-1, keepdims=True)
+  return np.asarray(w, np.float32)
+
+
+def token_weights(model, variables, images) -> np.ndarray:
+  """(batch, rows, cols) weights summing to 1 per image."""
+  _, state = model.apply(variables, images, mutable='intermediates')
   rows, cols = model.grid_size()
-  return np.asarray(w, np.float32).reshape(-1, rows, cols)
+  return _pooled(model, state).reshape(-1, rows, cols)
+
+
+def word_weights(model, variables, ids, mask) -> np.ndarray:
+  """(batch, seq_len) weights of the words, summing to 1 over each text's real words."""
+  _, state = model.apply(variables, ids, mask=mask, mutable='intermediates')
+  fields = model.receptive_fields()[None] & np.asarray(mask, bool)[:, None, :]
+  share = fields / np.maximum(fields.sum(-1, keepdims=True), 1)
+  return np.einsum('bt,btl->bl', _pooled(model, state), share)
+
+
+def render_text(words, weights, title: str) -> str:
+  """An HTML page: the words, each shaded by its weight (the heaviest fully)."""
+  top = max(float(np.max(weights)), 1e-12) if len(weights) else 1.0
+  spans = ''.join(
+      f'<span title="{w:.4f}" style="background: rgba(251, 185, 56, {w / top:.3f}); '
+      f'padding: 2px; margin: 1px">{html.escape(word)}</span> '
+      for word, w in zip(words, weights))
+  return (f'<!doctype html><meta charset="utf-8"><title>{html.escape(title)}</title>'
+          f'<body style="font: 18px sans-serif; line-height: 2"><p>{html.escape(title)}</p>'
+          f'<p>{spans}</p></body>\n')
+
+
+def _text_main(args, model, variables, data) -> int:
+  if 'text' not in data:
+    print('error: this checkpoint is an image model; pass an image, not --text.', file=sys.stderr)
+    return 1
+  vocab = text_data.Vocabulary(data['text']['vocab'])
+  ids, mask = vocab.encode([args.text], model.seq_len)
+  words = text_data.tokenize(args.text)[:model.seq_len]
+  weights = word_weights(model, variables, ids, mask)[0, :len(words)]
+  (name, p), = predict.predict_texts(model, variables, data, [args.text], 1)[0]
+  try:
+    with open(args.output, 'w', encoding='utf-8') as f:
+      f.write(render_text(words, weights, f'{model.__class__.__name__}: {name} ({p:.3f})'))
+  except OSError as e:
+    print(f'error: cannot write {args.output} ({e})', file=sys.stderr)
+    return 1
+  heaviest = ', '.join(f'{words[i]} {weights[i]:.3f}' for i in np.argsort(-weights)[:5])
+  print(f'Wrote {args.output}: top-1 {name} ({p:.3f}); heaviest words: {heaviest}.')
+  return 0
 
 
 def _colormap(x):
@@ -59,8 +110,9 @@ def render(image01: np.ndarray, weights: np.ndarray, panel: int = 256):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('image')
-  parser.add_argument('--output', required=True, help='PNG to write')
+  parser.add_argument('image', nargs='?')
+  parser.add_argument('--text', help='a text, for a text checkpoint')
+  parser.add_argument('--output', required=True, help='PNG to write (HTML for --text)')
   parser.add_argument('--checkpoint')
   parser.add_argument('--model')
   parser.add_argument('--pretrained', action='store_true')
@@ -76,6 +128,14 @@ def main(argv=None):
     model, variables, data = predict.load(args)
   except predict.LOAD_ERRORS as e:
     print(f'error: {predict.describe(e)}', file=sys.stderr)
+    return 1
+  if (args.text is None) == (args.image is None):
+    print('error: give an image file or --text (one of them).', file=sys.stderr)
+    return 1
+  if args.text is not None:
+    return _text_main(args, model, variables, data)
+  if 'text' in data:
+    print('error: this checkpoint is a text model; pass --text.', file=sys.stderr)
     return 1
   try:
     x = predict.preprocess(args.image, model, data)

@@ -13,6 +13,15 @@ MODEL_ARGS = {
     'kernel_size': int, 'stride': int, 'padding': int, 'pooling_kernel_size': int,
     'pooling_stride': int, 'pooling_padding': int,
 }
+# The text models' own arguments (vocab_size and seq_len come from the dataset when unset).
+TEXT_MODEL_ARGS = {
+    'embedding_dim': int, 'dropout': float, 'attention_dropout': float, 'stochastic_depth': float,
+    'num_layers': int, 'num_heads': int, 'mlp_ratio': float, 'num_classes': int,
+    'positional_embedding': str, 'kernel_size': int, 'stride': int, 'padding': int,
+    'pooling_kernel_size': int, 'pooling_stride': int, 'pooling_padding': int, 'patch_size': int,
+    'seq_len': int, 'vocab_size': int, 'word_embedding_dim': int, 'padding_idx': int,
+    'mask_pooling': bool,
+}
 
 
 def get_config():
@@ -76,4 +85,34 @@ def get_config():
   c.checkpoint_async = True         # write in the background while training goes on
   c.init_from = ''                  # converted or trained checkpoint directory to start from
   c.eval_only = False
+  return c
+
+
+def get_text_config():
+  """Defaults of the text recipes. The official repository publishes no text recipe; this one takes
+  the optimiser of its `examples/main.py` (AdamW 5e-4, weight decay 3e-2, label smoothing 0.1,
+  batch 128, cosine with warmup) and steps the rate every step. No Mixup or image augmentation."""
+  c = get_config()
+  del c.aug
+  c.model = 'text_cct_2'
+  c.model_kwargs = ml_collections.ConfigDict(
+      {k: config_dict.placeholder(t) for k, t in TEXT_MODEL_ARGS.items()})
+  c.dataset = 'ag_news_subset'
+  # seq_len: words per text (longer ones are cut); min_freq / max_vocab: vocabulary from the
+  # training split; word_vectors: a GloVe/word2vec text file to start the embedding from;
+  # text_keys / label_key: the features of a TFDS dataset the project does not know by name.
+  c.dataset_kwargs = ml_collections.ConfigDict({
+      'seq_len': 64, 'min_freq': 1, 'max_vocab': config_dict.placeholder(int),
+      'word_vectors': '', 'text_keys': config_dict.placeholder(tuple),
+      'label_key': config_dict.placeholder(str)})
+  c.freeze_embedding = False        # keep the word embedding fixed (with word_vectors)
+  c.num_epochs = 10
+  c.cooldown_epochs = 0
+  c.batch_size = 128
+  c.learning_rate = 5e-4
+  c.lr_step_unit = 'step'
+  c.warmup_epochs = 1
+  c.weight_decay = 3e-2
+  c.label_smoothing = 0.1
+  c.checkpoint_every_steps = 1000
   return c

@@ -23,3 +23,11 @@ def fixtures_dir():
   if not FIXTURES.is_dir():
     pytest.skip(f'official checkpoint fixtures not found at {FIXTURES} (set COMPACT_FLAX_FIXTURES)')
   return FIXTURES
+
+
+@pytest.fixture(scope='session')
+def text_fixtures_dir():
+  d = pathlib.Path(os.environ.get('COMPACT_FLAX_TEXT_FIXTURES', FIXTURES.parent / 'official_text'))
+  if not d.is_dir():
+    pytest.skip(f'official text fixtures not found at {d} (set COMPACT_FLAX_TEXT_FIXTURES)')
+  return d

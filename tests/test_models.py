@@ -42,7 +42,8 @@ def _shapes(model, batch=2):
 
 
 def test_every_registered_name_is_pinned():
-  assert sorted(compact_flax.list_models()) == sorted(PARAM_COUNTS)
+  vision = [n for n in compact_flax.list_models() if not n.startswith('text_')]
+  assert sorted(vision) == sorted(PARAM_COUNTS)  # the text models: tests/test_text_models.py
 
 
 @pytest.mark.parametrize('name', sorted(PARAM_COUNTS))

@@ -182,7 +182,7 @@ def test_gradient_accumulation_gives_the_same_update():
   model, _ = train.build_model(config, source)
   tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, 22))
   state = steps.create_train_state(config, model, tx)
-  batch = {'image': source.train_images[:64], 'label': source.train_labels[:64]}
+  batch = {'image': source.train_inputs['image'][:64], 'label': source.train_labels[:64]}
   outs = []
   for k in (1, 4):
     config.grad_accum_steps = k

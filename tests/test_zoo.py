@@ -80,14 +80,14 @@ def test_predict_equals_the_models_own_output(digits_run, tmp_path):
   paths = []
   for i in range(4):
     paths.append(str(tmp_path / f'{i}.png'))
-    _png(paths[-1], source.eval_images[i, :, :, 0] * s + m)
+    _png(paths[-1], source.eval_inputs['image'][i, :, :, 0] * s + m)
   (tmp_path / 'bad.png').write_bytes(b'\x89PNG broken')
   model, variables = compact_flax.load_model(str(workdir))
   spec = predict.eval_spec(compact_flax.checkpoint.read_spec(str(workdir)), model)
   assert spec['class_names'] == [str(i) for i in range(10)]
   results, failed = predict.predict_files(model, variables, spec, paths + [str(tmp_path / 'bad.png')])
   assert [p for p, _ in failed] == [str(tmp_path / 'bad.png')]
-  own = np.asarray(jax.nn.softmax(model.apply(variables, source.eval_images[:4])))
+  own = np.asarray(jax.nn.softmax(model.apply(variables, source.eval_inputs['image'][:4])))
   for (path, top), p in zip(results, own):
     assert top[0][0] == str(int(p.argmax()))
     np.testing.assert_allclose([q for _, q in top], np.sort(p)[::-1][:5], atol=0.02)
