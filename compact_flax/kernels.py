@@ -30,7 +30,8 @@ _TARGET = contextvars.ContextVar('compact_flax_kernel_target', default=None)
 
 @contextlib.contextmanager
 def target(platform: str):
-  """Traces the model for `platform` ('cpu', 'gpu' or 'tpu') whatever JAX's default backend.
+  """Traces the model for `platform` ('cpu', 'gpu', 'tpu', or 'generic' for export) whatever JAX's
+  default backend; every platform but 'cpu' gets the plain XLA ops.
 
   Trace inside the context with a function not traced before: `jax.jit` caches traces per
   function, so one traced elsewhere keeps the kernels it was traced with.

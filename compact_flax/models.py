@@ -38,12 +38,12 @@ class _CompactTransformer(nn.Module):
 
   seq_pool = True  # class attribute, not a field: the family decides
 
-  def tokenizer(self, **module_kw) -> Tokenizer:
+  def make_tokenizer(self, **module_kw) -> Tokenizer:
     raise NotImplementedError
 
   def grid_size(self) -> Tuple[int, int]:
     """The token grid (rows, cols) of an `img_size` image (without the class token)."""
-    return self.tokenizer(parent=None).grid_size(_pair(self.img_size))
+    return self.make_tokenizer(parent=None).grid_size(_pair(self.img_size))
 
   def num_tokens(self) -> int:
     rows, cols = self.grid_size()
@@ -56,7 +56,7 @@ class _CompactTransformer(nn.Module):
     if x.ndim != 4 or x.shape[-1] != self.n_input_channels:
       raise ValueError(f'Expected NHWC images with {self.n_input_channels} channels, got shape '
                        f'{x.shape} (PyTorch NCHW arrays need x.transpose(0, 2, 3, 1)).')
-    x = self.tokenizer(name='tokenizer')(x.astype(self.dtype or x.dtype))
+    x = self.make_tokenizer(name='tokenizer')(x.astype(self.dtype or x.dtype))
     return TransformerClassifier(
         num_classes=self.num_classes, num_layers=self.num_layers, num_heads=self.num_heads,
         mlp_ratio=self.mlp_ratio, seq_pool=self.seq_pool,
@@ -76,7 +76,7 @@ class CCT(_CompactTransformer):
   pooling_stride: int = 2
   pooling_padding: int = 1
 
-  def tokenizer(self, **module_kw):
+  def make_tokenizer(self, **module_kw):
     return Tokenizer(
         self.embedding_dim, self.kernel_size, self.stride, self.padding,
         n_conv_layers=self.n_conv_layers, pooling_kernel_size=self.pooling_kernel_size,
@@ -89,7 +89,7 @@ class CVT(_CompactTransformer):
   """Compact Vision Transformer: patch tokenizer, encoder, sequence pooling."""
   kernel_size: int = 16  # patch size
 
-  def tokenizer(self, **module_kw):
+  def make_tokenizer(self, **module_kw):
     for size in _pair(self.img_size):
       if size % self.kernel_size:
         raise ValueError(f'Image size {self.img_size} must be divisible by the patch size '

@@ -123,19 +123,19 @@ class _TextTransformer(nn.Module):
 
   seq_pool = True  # class attribute: the family decides
 
-  def tokenizer(self, **module_kw) -> Optional[TextTokenizer]:
+  def make_tokenizer(self, **module_kw) -> Optional[TextTokenizer]:
     return None
 
   def num_tokens(self, seq_len: Optional[int] = None) -> int:
     """Tokens the encoder sees for an input of `seq_len` words (default: the model's)."""
     seq_len = self.seq_len if seq_len is None else seq_len
-    tok = self.tokenizer(parent=None)
+    tok = self.make_tokenizer(parent=None)
     return seq_len if tok is None else tok.num_tokens(seq_len)
 
   def receptive_fields(self) -> np.ndarray:
     """(tokens, seq_len) bool: the words each token the encoder sees was computed from."""
     words = jnp.eye(self.seq_len, dtype=bool)  # one word per row
-    tok = self.tokenizer(parent=None)
+    tok = self.make_tokenizer(parent=None)
     if tok is None:
       return np.asarray(words)
     fields = _window_any(words, tok.kernel_size, tok.stride, tok.padding)
@@ -174,7 +174,7 @@ class _TextTransformer(nn.Module):
     ids, mask = self._fit_length(ids, mask)
     x = Embedder(self.vocab_size, self.word_embedding_dim, self.padding_idx, dtype=self.dtype,
                  param_dtype=self.param_dtype, name='embedder')(ids, mask)
-    tokenizer = self.tokenizer(name='tokenizer')
+    tokenizer = self.make_tokenizer(name='tokenizer')
     if tokenizer is not None:
       x, mask = tokenizer(x, mask)
     return TransformerClassifier(
@@ -195,7 +195,7 @@ class TextCCT(_TextTransformer):
   pooling_stride: int = 2
   pooling_padding: int = 1
 
-  def tokenizer(self, **module_kw):
+  def make_tokenizer(self, **module_kw):
     return TextTokenizer(self.embedding_dim, self.kernel_size, self.stride, self.padding,
                          max_pool=True, pooling_kernel_size=self.pooling_kernel_size,
                          pooling_stride=self.pooling_stride, pooling_padding=self.pooling_padding,
@@ -206,7 +206,7 @@ class TextCVT(_TextTransformer):
   """Text-CVT: patches of `patch_size` words, linearly embedded; sequence pooling."""
   patch_size: int = 2
 
-  def tokenizer(self, **module_kw):
+  def make_tokenizer(self, **module_kw):
     if self.seq_len % self.patch_size:
       raise ValueError(f'seq_len {self.seq_len} must be a multiple of the patch size '
                        f'{self.patch_size}.')

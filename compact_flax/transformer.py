@@ -163,14 +163,14 @@ class TransformerClassifier(nn.Module):
     if self.seq_pool:
       w = token_wise(nn.Dense(1, kernel_init=dense_init, dtype=self.dtype,
                               param_dtype=self.param_dtype, name='attention_pool'), x)
-      w = w[..., 0].astype(jnp.float32)
+      w = jnp.squeeze(w, -1).astype(jnp.float32)
       if mask is not None and self.mask_pooling:
         w = jnp.where(mask, w, -jnp.finfo(jnp.float32).max)
       w = jax.nn.softmax(w, axis=-1)
       self.sow('intermediates', 'pooling_weights', w)
       x = jnp.einsum('bn,bnd->bd', w.astype(x.dtype), x)
     else:
-      x = x[:, 0]
+      x = jax.lax.index_in_dim(x, 0, axis=1, keepdims=False)  # a slice (exports to TFLite)
     self.sow('intermediates', 'pre_logits', x)
     return nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
                     param_dtype=self.param_dtype, name='fc')(x)
