@@ -1,9 +1,13 @@
-"""Compiles the real train and eval steps for a TPU slice, without TPUs, and estimates their speed.
+"""Compiles the real train and eval steps for a TPU slice or a GPU, without either, and estimates
+their speed.
 
   pip install -e ".[tpu]"        # libtpu: XLA's TPU compiler, runs on any Linux host
   python benchmarks/compile_tpu.py --config=configs/cifar10_cct7.py --topology=v5e:2x2
   python benchmarks/compile_tpu.py --config=configs/imagenet_cct14.py --topology=v5p:2x2x4 \
       --config.aug.on_device=False
+  # GPUs: pip install "jax[cuda12]==<jax version>"; no GPU needed (JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1)
+  python benchmarks/compile_tpu.py --config=configs/cifar10_cct7.py --topology=h100 \
+      --config.batch_size=1024
 
 The steps are the ones `train_and_evaluate` runs: `steps.make_train_step` / `make_eval_step` with
 the config's model, optimizer, schedule and on-device recipe, jitted over a Mesh of the
@@ -11,6 +15,12 @@ topology's devices with the trainer's shardings, traced with the TPU kernels
 (`kernels.target('tpu')`). XLA's TPU cost model then gives FLOPs and bytes per chip; the speed is
 a roofline ESTIMATE from the published per-chip peaks below, not a measurement. The last line
 printed is one JSON object.
+
+A GPU target (`h100`, `a100_80`, `a100_40`; one GPU, the config's whole batch) compiles with XLA's
+GPU compiler for the device described in `benchmarks/gpu_specs/` (the figures and their sources
+are in those files) and reports its memory and a census of the kernels XLA chose (cuDNN, cuBLAS,
+Triton, its own fusions). XLA gives no cost analysis for GPUs, so the FLOPs and bytes of the
+estimate come from the same step (GPU kernels) compiled for one TPU v5e chip.
 """
 
 import json
@@ -49,8 +59,18 @@ CHIPS = {
     'v6e': (918e12, 1640e9, 32 << 30),
 }
 
+# Published per-GPU figures (NVIDIA datasheets): dense bfloat16 tensor FLOP/s, HBM bandwidth
+# (bytes/s), memory (bytes); the target config each compiles for.
+GPUS = {
+    'h100': (989.4e12, 3.35e12, 80 << 30, 'h100_sxm.txtpb'),
+    'a100_80': (312e12, 2.039e12, 80 << 30, 'a100_sxm_80.txtpb'),
+    'a100_40': (312e12, 1.555e12, 40 << 30, 'a100_sxm_40.txtpb'),
+}
+GPU_SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gpu_specs')
+
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
-flags.DEFINE_string('topology', 'v5e:2x2', 'TPU slice, e.g. v4:2x2x2, v5e:2x2, v5p:2x2x4, v6e:4x4.')
+flags.DEFINE_string('topology', 'v5e:2x2', 'TPU slice, e.g. v4:2x2x2, v5e:2x2, v5p:2x2x4, v6e:4x4; '
+                    f'or a GPU: {", ".join(GPUS)}.')
 flags.DEFINE_integer('top', 12, 'How many of the heaviest HLO ops to list.')
 flags.DEFINE_string('dump_hlo', '', 'Write the optimized HLO of the train step to this file.')
 FLAGS = flags.FLAGS
@@ -61,6 +81,8 @@ _SHAPE = re.compile(r'\b(pred|[suf]\d+|bf16|c64)\[([\d,]*)\]')
 
 
 def chip_figures(topology: str) -> Tuple[float, float, int]:
+  if topology in GPUS:
+    return GPUS[topology][:3]
   generation = topology.split(':')[0].lower()
   for name, figures in CHIPS.items():
     if generation.startswith(name):
@@ -125,13 +147,32 @@ def abstract_inputs(config, model, tx, mesh):
   return state, train_batch, eval_batch, rng
 
 
-def compile_steps(config, topology: str):
-  """(compiled train step, compiled eval step, model, mesh, seconds to compile both)."""
+def target_devices(topology: str):
+  """The devices of a TPU topology, or the one device of a GPU target config."""
+  if topology not in GPUS:
+    return topologies.get_topology_desc(topology_name=topology, platform='tpu').devices, 'tpu'
+  os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
+  with open(os.path.join(GPU_SPECS, GPUS[topology][3])) as f:
+    spec = f.read()
+  try:
+    topo = topologies.get_topology_desc(platform='cuda', topology='1x1x1', target_config=spec)
+  except Exception as e:  # pylint: disable=broad-except
+    raise SystemExit(f'Cannot compile for {topology} here ({type(e).__name__}: '
+                     f'{str(e).splitlines()[0] if str(e) else ""}); GPU targets need the CUDA '
+                     'plugin: pip install "jax[cuda12]==<your jax version>".') from None
+  return topo.devices, 'gpu'
+
+
+def compile_steps(config, topology: str, kernel_platform=None):
+  """(compiled train step, compiled eval step, model, mesh, seconds to compile both).
+
+  `kernel_platform` traces the model's kernels for another platform than the target's (the GPU
+  estimate's cost pass)."""
   problems = validation.problems(config, 1)
   if problems:
     raise SystemExit('error: ' + ' '.join(problems))
-  topo = topologies.get_topology_desc(topology_name=topology, platform='tpu')
-  mesh = devices.make_mesh(topo.devices)
+  target, platform = target_devices(topology)
+  mesh = devices.make_mesh(target)
   _, variant = models.model_kwargs(config.model, **validation.model_kwargs(config))
   img = variant['img_size']
   h, w = (img, img) if isinstance(img, int) else tuple(img)
@@ -142,7 +183,7 @@ def compile_steps(config, topology: str):
   fixed = input_pipeline.FIXED_SIZES.get(config.dataset) == (h, w)
   device_augment = input_pipeline.device_augment_for(config.aug, fixed)
   t0 = time.perf_counter()
-  with kernels.target('tpu'):
+  with kernels.target(kernel_platform or platform):
     state, train_batch, eval_batch, rng = abstract_inputs(config, model, tx, mesh)
     train_step = steps.make_train_step(config, model, tx, mesh, steps_per_epoch=steps_per_epoch,
                                        device_augment=device_augment)
@@ -151,10 +192,47 @@ def compile_steps(config, topology: str):
   return compiled_train, compiled_eval, model, mesh, time.perf_counter() - t0
 
 
-def summarize(config, topology: str, compiled, compile_s: float, mesh, top: int) -> Dict:
+_CUSTOM_CALL = re.compile(r'custom_call_target="([^"]+)"')
+_FUSION_KIND = re.compile(r'\bfusion\(.*?kind=(k\w+)')
+
+
+def kernel_census(hlo_text: str) -> Dict[str, int]:
+  """What a compiled GPU step runs, from its optimized HLO: vendor-library calls (cuDNN
+  convolutions and fused attention, cuBLAS/cuBLASLt matmuls), Triton kernels and XLA's own
+  fusions, by count."""
+  census = {'cudnn_conv': 0, 'cudnn_attention': 0, 'cudnn_other': 0, 'cublas_gemm': 0,
+            'triton': 0, 'xla_fusions': 0, 'other_custom_calls': 0}
+  for line in hlo_text.splitlines():
+    call = _CUSTOM_CALL.search(line)
+    if call and ' custom-call(' in line:
+      t = call.group(1)
+      key = ('cudnn_conv' if t.startswith('__cudnn$conv') else
+             'cudnn_attention' if t.startswith('__cudnn$fmha') or 'flash' in t else
+             'cudnn_other' if t.startswith('__cudnn') else
+             'cublas_gemm' if t.startswith('__cublas') else
+             'triton' if 'triton' in t else 'other_custom_calls')
+      census[key] += 1
+    elif ' fusion(' in line and '= ' in line and 'calls=' in line:
+      kind = _FUSION_KIND.search(line)
+      if '__triton' in line:
+        census['triton'] += 1
+      elif '__cudnn' in line:
+        census['cudnn_other'] += 1
+      elif kind and kind.group(1) == 'kCustom' and 'gemm' in line:
+        census['cublas_gemm'] += 1
+      else:
+        census['xla_fusions'] += 1
+  return census
+
+
+def summarize(config, topology: str, compiled, compile_s: float, mesh, top: int,
+              cost_from=None) -> Dict:
+  """The JSON record; `cost_from` is the compiled step whose cost analysis to use (a GPU step has
+  none of its own)."""
   peak, bandwidth, capacity = chip_figures(topology)
-  cost = compiled.cost_analysis()
+  cost = (cost_from or compiled).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = cost or {}
   memory = compiled.memory_analysis()
   chips = len({tuple(getattr(d, 'coords', (d.id,))) for d in mesh.devices.flat})
   per_chip = mesh.size / chips  # devices (TensorCores) per chip: 2 on v4, else 1
@@ -173,7 +251,9 @@ def summarize(config, topology: str, compiled, compile_s: float, mesh, top: int)
       'flop_bound_step_s': flop_s, 'memory_bound_step_s': byte_s, 'est_step_s': est,
       'est_images_per_sec': config.batch_size / est if est else None,
       'aug_on_device': bool(config.aug.on_device),
-      'heaviest_ops': heaviest_ops(compiled.as_text(), top),
+      'heaviest_ops': heaviest_ops((cost_from or compiled).as_text(), top),
+      **({'kernels': kernel_census(compiled.as_text()), 'cost_model': 'tpu v5e (same step)'}
+         if topology in GPUS else {}),
   }
 
 
@@ -185,14 +265,18 @@ def main(argv):
   with config.unlocked():
     config.name = os.path.splitext(os.path.basename(config_path[0]))[0] if config_path else ''
   compiled_train, compiled_eval, _, mesh, compile_s = compile_steps(config, FLAGS.topology)
-  result = summarize(config, FLAGS.topology, compiled_train, compile_s, mesh, FLAGS.top)
+  cost_train = cost_eval = None
+  if FLAGS.topology in GPUS:  # XLA's GPU compiler gives no cost analysis: the TPU cost model's
+    cost_train, cost_eval, *_ = compile_steps(config, 'v5e:1x1', kernel_platform='gpu')
+  result = summarize(config, FLAGS.topology, compiled_train, compile_s, mesh, FLAGS.top,
+                     cost_from=cost_train)
   if FLAGS.dump_hlo:
     with open(FLAGS.dump_hlo, 'w') as f:
       f.write(compiled_train.as_text())
-  eval_cost = compiled_eval.cost_analysis()
+  eval_cost = (cost_eval or compiled_eval).cost_analysis()
   eval_cost = eval_cost[0] if isinstance(eval_cost, (list, tuple)) else eval_cost
   result['eval_flops_per_chip'] = float(eval_cost.get('flops', 0.))
-  print(f'{result["model"]} ({result["config"]}) on {FLAGS.topology}: {result["chips"]} chips on '
+  print(f'{result["model"]} ({result["config"]}) on {FLAGS.topology}: {result["chips"]} chip(s) on '
         f'{result["hosts"]} host(s), {result["batch_per_chip"]:g} images per chip, compiled in '
         f'{compile_s:.0f} s (train and eval steps).')
   print(f'  per chip and step: {result["flops_per_chip"] / 1e12:.3f} TFLOP, '
@@ -202,6 +286,9 @@ def main(argv):
         f'{result["est_step_s"] * 1e3:.2f} ms/step (FLOP-bound {result["flop_bound_step_s"] * 1e3:.2f}'
         f' ms, memory-bound {result["memory_bound_step_s"] * 1e3:.2f} ms), '
         f'{result["est_images_per_sec"]:,.0f} images/s')
+  if 'kernels' in result:
+    print('  kernels: ' + ', '.join(f'{k} {v}' for k, v in result['kernels'].items()) +
+          ' (FLOPs and bytes: the same step through the TPU cost model)')
   print('  heaviest ops by bytes touched:')
   for op in result['heaviest_ops']:
     print(f'    {op["bytes"] / 1e6:10.1f} MB  {op["op"]:<28} {op["from"]}')

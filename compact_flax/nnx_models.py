@@ -25,7 +25,7 @@ def to_nnx(model, variables: Optional[Dict[str, Any]] = None, *, seed: int = 0) 
   with `seed`); `seed` also seeds its dropout rngs."""
   module = nnx.bridge.ToNNX(model, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
   shape, dtype = merge.input_spec(model)
-  nnx.bridge.lazy_init(module, jnp.zeros((1,) + shape, dtype))
+  nnx.jit(nnx.bridge.lazy_init)(module, jnp.zeros((1,) + shape, dtype))  # one compiled init
   if variables is not None:
     state = nnx.state(module, nnx.Param)
     nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dict(variables['params'])))

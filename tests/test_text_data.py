@@ -70,7 +70,7 @@ def test_frozen_embedding_is_outside_the_optimizer():
 
 
 def _tiny(config, tmp_path, **dataset_kwargs):
-  config.model_kwargs.update(embedding_dim=32, word_embedding_dim=16)
+  config.model_kwargs.update(embedding_dim=32, word_embedding_dim=16, num_layers=1)
   config.dataset_kwargs.update(seq_len=16, **dataset_kwargs)
   config.num_epochs, config.warmup_epochs = 1, 0
   config.batch_size = config.eval_batch_size = 8
