@@ -106,8 +106,8 @@ def test_nnx_face_same_logits_and_trains():
   model = nnx_models.to_nnx(linen, variables)
   x = np.random.default_rng(1).normal(size=(4, 16, 16, 3)).astype(np.float32)
   y = np.array([0, 1, 2, 3])
-  np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(model, x), jax.jit(linen.apply)(variables, x),
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(model, x),
+                             jax.jit(linen.apply)(variables, x), rtol=1e-6, atol=1e-6)
   optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
 
   @nnx.jit
