@@ -60,18 +60,24 @@ CHIPS = {
 }
 
 # Published per-GPU figures (NVIDIA datasheets): dense bfloat16 tensor FLOP/s, HBM bandwidth
-# (bytes/s), memory (bytes); the target config each compiles for.
+# (bytes/s), memory as the device reports it (bytes, the target config's device_memory_size);
+# the target config each compiles for.
 GPUS = {
-    'h100': (989.4e12, 3.35e12, 80 << 30, 'h100_sxm.txtpb'),
-    'a100_80': (312e12, 2.039e12, 80 << 30, 'a100_sxm_80.txtpb'),
-    'a100_40': (312e12, 1.555e12, 40 << 30, 'a100_sxm_40.txtpb'),
+    'h100': (989.4e12, 3.35e12, 84942979072, 'h100_sxm.txtpb'),
+    'a100_80': (312e12, 2.039e12, 85198045184, 'a100_sxm_80.txtpb'),
+    'a100_40': (312e12, 1.555e12, 42298834944, 'a100_sxm_40.txtpb'),
 }
+COST_MODEL_CHIP = 'v5e:1x1'  # where a GPU step's FLOPs and bytes are counted
 GPU_SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gpu_specs')
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('topology', 'v5e:2x2', 'TPU slice, e.g. v4:2x2x2, v5e:2x2, v5p:2x2x4, v6e:4x4; '
                     f'or a GPU: {", ".join(GPUS)}.')
 flags.DEFINE_integer('top', 12, 'How many of the heaviest HLO ops to list.')
+flags.DEFINE_bool('fused_attention', True, "GPU: cuDNN's fused attention where it serves (eval); "
+                  'False keeps the explicit softmax, to compare.')
+flags.DEFINE_bool('largest_batch', False, 'Search the largest train batch that fits the device '
+                  "(by XLA's memory analysis) instead.")
 flags.DEFINE_string('dump_hlo', '', 'Write the optimized HLO of the train step to this file.')
 FLAGS = flags.FLAGS
 
@@ -149,6 +155,9 @@ def abstract_inputs(config, model, tx, mesh):
 
 def target_devices(topology: str):
   """The devices of a TPU topology, or the one device of a GPU target config."""
+  if topology == COST_MODEL_CHIP:  # one chip on its own host
+    return topologies.get_topology_desc(topology_name=topology, platform='tpu',
+                                        chips_per_host_bounds=[1, 1, 1]).devices, 'tpu'
   if topology not in GPUS:
     return topologies.get_topology_desc(topology_name=topology, platform='tpu').devices, 'tpu'
   os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
@@ -163,7 +172,8 @@ def target_devices(topology: str):
   return topo.devices, 'gpu'
 
 
-def compile_steps(config, topology: str, kernel_platform=None):
+def compile_steps(config, topology: str, kernel_platform=None, fused_attention=True,
+                  with_eval=True):
   """(compiled train step, compiled eval step, model, mesh, seconds to compile both).
 
   `kernel_platform` traces the model's kernels for another platform than the target's (the GPU
@@ -183,12 +193,15 @@ def compile_steps(config, topology: str, kernel_platform=None):
   fixed = input_pipeline.FIXED_SIZES.get(config.dataset) == (h, w)
   device_augment = input_pipeline.device_augment_for(config.aug, fixed)
   t0 = time.perf_counter()
-  with kernels.target(kernel_platform or platform):
+  # The cost pass counts the GPU step's work on a TPU, where cuDNN attention does not lower.
+  with kernels.target(kernel_platform or platform,
+                      fused_attention=fused_attention and kernel_platform is None):
     state, train_batch, eval_batch, rng = abstract_inputs(config, model, tx, mesh)
     train_step = steps.make_train_step(config, model, tx, mesh, steps_per_epoch=steps_per_epoch,
                                        device_augment=device_augment)
     compiled_train = train_step.lower(state, train_batch, rng).compile()
-    compiled_eval = steps.make_eval_step(model, mesh).lower(state.params, eval_batch).compile()
+    compiled_eval = (steps.make_eval_step(model, mesh).lower(state.params, eval_batch).compile()
+                     if with_eval else None)
   return compiled_train, compiled_eval, model, mesh, time.perf_counter() - t0
 
 
@@ -257,6 +270,56 @@ def summarize(config, topology: str, compiled, compile_s: float, mesh, top: int,
   }
 
 
+def hbm_bytes(compiled) -> int:
+  """Arguments + outputs + temporaries - donated aliases: what one device holds for the step."""
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes)
+
+
+def largest_batch(config, topology: str, multiple: int = 8, max_compiles: int = 8) -> Dict:
+  """The largest train batch (a multiple of `multiple`) whose step fits the device by XLA's memory
+  analysis, within 5%: the recipe's batch and twice it give a slope to extrapolate from, then a
+  bisection between the largest batch that fitted and the smallest that did not."""
+  capacity = chip_figures(topology)[2]
+  tried = {}
+
+  def need(batch):
+    if batch not in tried:
+      c = config.copy_and_resolve_references()
+      c.batch_size = batch
+      tried[batch] = hbm_bytes(compile_steps(c, topology, with_eval=False)[0])
+    return tried[batch]
+
+  round_down = lambda b: max(multiple, int(b) // multiple * multiple)
+  b0 = config.batch_size
+  need(b0)
+  need(2 * b0)
+  while len(tried) < max_compiles:
+    fits = [b for b, m in tried.items() if m <= capacity]
+    fails = [b for b, m in tried.items() if m > capacity]
+    lo, hi = max(fits, default=0), min(fails, default=None)
+    if hi is not None and hi - lo <= max(multiple, lo // 20):
+      break
+    if hi is None:  # extrapolate from the two largest batches tried
+      (b1, m1), (b2, m2) = sorted(tried.items())[-2:]
+      slope = max((m2 - m1) / (b2 - b1), 1.0)
+      guess = round_down(b2 + (capacity - m2) / slope)
+      candidate = guess if guess > lo else round_down(lo * 1.25)
+    else:
+      candidate = round_down((lo + hi) / 2)
+    if candidate in tried or candidate <= lo:
+      break
+    need(candidate)
+  fits = [b for b, m in tried.items() if m <= capacity]
+  best = max(fits, default=None)
+  return {'config': config.get('name', ''), 'topology': topology, 'recipe_batch': b0,
+          'recipe_batch_hbm_bytes': tried[b0], 'largest_batch': best,
+          'largest_batch_hbm_bytes': tried.get(best), 'capacity_bytes': capacity,
+          'smallest_failing_batch': min((b for b in tried if b not in fits), default=None),
+          'compiled_batches': {b: tried[b] for b in sorted(tried)}}
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)
@@ -264,10 +327,21 @@ def main(argv):
   config_path = [a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')]
   with config.unlocked():
     config.name = os.path.splitext(os.path.basename(config_path[0]))[0] if config_path else ''
-  compiled_train, compiled_eval, _, mesh, compile_s = compile_steps(config, FLAGS.topology)
+  if FLAGS.largest_batch:
+    result = largest_batch(config, FLAGS.topology)
+    print(f'{config.model} ({result["config"]}) on {FLAGS.topology}: the recipe batch '
+          f'{result["recipe_batch"]} needs {result["recipe_batch_hbm_bytes"] / 2**30:.2f} GiB; the '
+          f'largest batch found to fit is {result["largest_batch"]} '
+          f'({(result["largest_batch_hbm_bytes"] or 0) / 2**30:.2f} of '
+          f'{result["capacity_bytes"] / 2**30:.1f} GiB; {result["smallest_failing_batch"]} does '
+          'not fit).')
+    print(json.dumps(result))
+    return
+  compiled_train, compiled_eval, _, mesh, compile_s = compile_steps(
+      config, FLAGS.topology, fused_attention=FLAGS.fused_attention)
   cost_train = cost_eval = None
   if FLAGS.topology in GPUS:  # XLA's GPU compiler gives no cost analysis: the TPU cost model's
-    cost_train, cost_eval, *_ = compile_steps(config, 'v5e:1x1', kernel_platform='gpu')
+    cost_train, cost_eval, *_ = compile_steps(config, COST_MODEL_CHIP, kernel_platform='gpu')
   result = summarize(config, FLAGS.topology, compiled_train, compile_s, mesh, FLAGS.top,
                      cost_from=cost_train)
   if FLAGS.dump_hlo:
@@ -275,7 +349,10 @@ def main(argv):
       f.write(compiled_train.as_text())
   eval_cost = (cost_eval or compiled_eval).cost_analysis()
   eval_cost = eval_cost[0] if isinstance(eval_cost, (list, tuple)) else eval_cost
-  result['eval_flops_per_chip'] = float(eval_cost.get('flops', 0.))
+  result['eval_flops_per_chip'] = float((eval_cost or {}).get('flops', 0.))
+  if FLAGS.topology in GPUS:
+    result['eval_kernels'] = kernel_census(compiled_eval.as_text())
+    result['eval_hbm_bytes_per_chip'] = hbm_bytes(compiled_eval)
   print(f'{result["model"]} ({result["config"]}) on {FLAGS.topology}: {result["chips"]} chip(s) on '
         f'{result["hosts"]} host(s), {result["batch_per_chip"]:g} images per chip, compiled in '
         f'{compile_s:.0f} s (train and eval steps).')
@@ -287,8 +364,10 @@ def main(argv):
         f' ms, memory-bound {result["memory_bound_step_s"] * 1e3:.2f} ms), '
         f'{result["est_images_per_sec"]:,.0f} images/s')
   if 'kernels' in result:
-    print('  kernels: ' + ', '.join(f'{k} {v}' for k, v in result['kernels'].items()) +
-          ' (FLOPs and bytes: the same step through the TPU cost model)')
+    for step in ('kernels', 'eval_kernels'):
+      print(f'  {step.replace("_", " ")}: ' + ', '.join(f'{k} {v}' for k, v in result[step].items()
+                                                       if v))
+    print('  (FLOPs and bytes: the same step through the TPU cost model)')
   print('  heaviest ops by bytes touched:')
   for op in result['heaviest_ops']:
     print(f'    {op["bytes"] / 1e6:10.1f} MB  {op["op"]:<28} {op["from"]}')

@@ -26,26 +26,34 @@ import jax
 import jax.numpy as jnp
 
 _TARGET = contextvars.ContextVar('compact_flax_kernel_target', default=None)
+_FUSED_ATTENTION = contextvars.ContextVar('compact_flax_fused_attention', default=True)
 
 
 @contextlib.contextmanager
-def target(platform: str):
+def target(platform: str, *, fused_attention: bool = True):
   """Traces the model for `platform` ('cpu', 'gpu', 'tpu', or 'generic' for export) whatever JAX's
   default backend; every platform but 'cpu' gets the plain XLA ops.
 
   Trace inside the context with a function not traced before: `jax.jit` caches traces per
   function, so one traced elsewhere keeps the kernels it was traced with.
   """
-  token = _TARGET.set(platform)
+  token, fused = _TARGET.set(platform), _FUSED_ATTENTION.set(fused_attention)
   try:
     yield
   finally:
     _TARGET.reset(token)
+    _FUSED_ATTENTION.reset(fused)
 
 
 def platform() -> str:
   """The platform being traced for: 'cpu', 'gpu' or 'tpu'."""
   return _TARGET.get() or jax.default_backend()
+
+
+def fused_attention() -> bool:
+  """Whether cuDNN's fused attention may be used (on GPU); `target(..., fused_attention=False)`
+  keeps the explicit softmax, e.g. to count a GPU step's work with another backend's cost model."""
+  return platform() == 'gpu' and _FUSED_ATTENTION.get()
 
 
 def on_cpu() -> bool:

@@ -89,11 +89,12 @@ def test_tfds_text_dataset_end_to_end(name, kwargs, tmp_path):
   tfds = pytest.importorskip('tensorflow_datasets')
   config = common.get_text_config()
   config.dataset = name
-  with tfds.testing.mock_data(num_examples=16):
-    record = _tiny(config, tmp_path, **kwargs)
+  with tfds.testing.mock_data(num_examples=16):  # one vocabulary size: shared compilations
+    record = _tiny(config, tmp_path, max_vocab=30, **kwargs)
   assert record['step'] == 2 and np.isfinite(record['eval_loss'])
   spec = checkpoint.read_spec(str(tmp_path))
   assert spec['data']['text']['vocab'][:2] == ['<unk>', '<pad>']
+  assert len(spec['data']['text']['vocab']) == spec['model_kwargs']['vocab_size'] <= 32
   assert len(spec['data']['class_names']) == spec['model_kwargs']['num_classes']
 
 
