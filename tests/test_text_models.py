@@ -14,6 +14,7 @@ import pytest
 import compact_flax
 from compact_flax import convert
 from compact_flax import merge
+from compact_flax.transformer import sinusoidal_embedding as sinusoid
 
 TEXT_FIXTURES = ['text_cct_2_k1', 'text_cct_2_k4', 'text_cvt_2', 'text_vit_2']
 
@@ -140,3 +141,40 @@ def test_registry_and_close_names():
     compact_flax.create_model('text_cct2')
   model = compact_flax.create_model('text_cct_6', kernel_size=1)  # stride and padding follow
   assert (model.stride, model.padding) == (1, 1)
+
+
+def _official_layout(params, pe_rows=None):
+  """Our params back in the official text state-dict layout (the converter's inverse), with the
+  official table's leading padding row."""
+  out = {}
+  for path, value in flax.traverse_util.flatten_dict(params, sep='/').items():
+    v = np.asarray(value)
+    parts = path.split('/')
+    if path == 'embedder/embeddings/embedding':
+      out['embedder.embeddings.weight'] = v
+    elif parts[0] == 'tokenizer':
+      out['tokenizer.conv_layers.0.weight'] = v.transpose(2, 0, 1)[:, None]
+    else:
+      name = '.'.join(p.replace('blocks_', 'blocks.') for p in parts[1:-1])
+      leaf = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}.get(parts[-1], parts[-1])
+      key = f'classifier.{name}.{leaf}' if name else f'classifier.{leaf}'
+      out[key] = v.T if parts[-1] == 'kernel' else v
+  if pe_rows is not None:
+    out['classifier.positional_emb'] = pe_rows
+  return out
+
+
+@pytest.mark.parametrize('name,kwargs', [('text_transformer_2', {}),
+                                         ('text_cct_6', {'kernel_size': 1})])
+def test_official_layout_of_other_variants_converts(name, kwargs):
+  model = compact_flax.create_model(name, vocab_size=40, num_classes=6, seq_len=64, **kwargs)
+  variables = merge.init_variables(model, seed=2)
+  tokens = model.num_tokens() + (0 if model.seq_pool else 1)
+  table = np.concatenate([np.zeros((1, 1, model.embedding_dim), np.float32),
+                          np.asarray(sinusoid(tokens, model.embedding_dim))], axis=1)
+  sd = _official_layout(variables['params'], table)
+  converted, cvars = convert.convert_state_dict(sd, name)
+  assert (converted.seq_len, converted.vocab_size, converted.num_classes) == (64, 40, 6)
+  assert getattr(converted, 'kernel_size', 1) == kwargs.get('kernel_size', 1)
+  ids = np.random.default_rng(0).integers(0, 40, (2, 64))
+  np.testing.assert_array_equal(converted.apply(cvars, ids), model.apply(variables, ids))
