@@ -78,6 +78,7 @@ flags.DEFINE_bool('fused_attention', True, "GPU: cuDNN's fused attention where i
                   'False keeps the explicit softmax, to compare.')
 flags.DEFINE_bool('largest_batch', False, 'Search the largest train batch that fits the device '
                   "(by XLA's memory analysis) instead.")
+flags.DEFINE_integer('max_compiles', 8, 'With --largest_batch: how many batch sizes to compile.')
 flags.DEFINE_string('dump_hlo', '', 'Write the optimized HLO of the train step to this file.')
 FLAGS = flags.FLAGS
 
@@ -328,7 +329,7 @@ def main(argv):
   with config.unlocked():
     config.name = os.path.splitext(os.path.basename(config_path[0]))[0] if config_path else ''
   if FLAGS.largest_batch:
-    result = largest_batch(config, FLAGS.topology)
+    result = largest_batch(config, FLAGS.topology, max_compiles=FLAGS.max_compiles)
     print(f'{config.model} ({result["config"]}) on {FLAGS.topology}: the recipe batch '
           f'{result["recipe_batch"]} needs {result["recipe_batch_hbm_bytes"] / 2**30:.2f} GiB; the '
           f'largest batch found to fit is {result["largest_batch"]} '
