@@ -173,6 +173,22 @@ def target_devices(topology: str):
   return topo.devices, 'gpu'
 
 
+# Without a GPU XLA cannot autotune, and its default Triton GEMM tiling fails on some shapes of the
+# 224-px recipes ("Couldn't find output tile sizes"); those steps are compiled with cuBLAS GEMMs.
+CUBLAS_GEMMS = {'xla_gpu_enable_triton_gemm': False}
+GEMM_FALLBACKS = []  # what fell back, for the report
+
+
+def _compile(lowered, platform: str):
+  try:
+    return lowered.compile()
+  except Exception as e:  # pylint: disable=broad-except
+    if platform != 'gpu' or 'tile sizes' not in str(e):
+      raise
+    GEMM_FALLBACKS.append(str(e).splitlines()[0][:160])
+    return lowered.compile(compiler_options=CUBLAS_GEMMS)
+
+
 def compile_steps(config, topology: str, kernel_platform=None, fused_attention=True,
                   with_eval=True):
   """(compiled train step, compiled eval step, model, mesh, seconds to compile both).
@@ -200,9 +216,9 @@ def compile_steps(config, topology: str, kernel_platform=None, fused_attention=T
     state, train_batch, eval_batch, rng = abstract_inputs(config, model, tx, mesh)
     train_step = steps.make_train_step(config, model, tx, mesh, steps_per_epoch=steps_per_epoch,
                                        device_augment=device_augment)
-    compiled_train = train_step.lower(state, train_batch, rng).compile()
-    compiled_eval = (steps.make_eval_step(model, mesh).lower(state.params, eval_batch).compile()
-                     if with_eval else None)
+    compiled_train = _compile(train_step.lower(state, train_batch, rng), platform)
+    compiled_eval = (_compile(steps.make_eval_step(model, mesh).lower(state.params, eval_batch),
+                              platform) if with_eval else None)
   return compiled_train, compiled_eval, model, mesh, time.perf_counter() - t0
 
 
@@ -266,8 +282,8 @@ def summarize(config, topology: str, compiled, compile_s: float, mesh, top: int,
       'est_images_per_sec': config.batch_size / est if est else None,
       'aug_on_device': bool(config.aug.on_device),
       'heaviest_ops': heaviest_ops((cost_from or compiled).as_text(), top),
-      **({'kernels': kernel_census(compiled.as_text()), 'cost_model': 'tpu v5e (same step)'}
-         if topology in GPUS else {}),
+      **({'kernels': kernel_census(compiled.as_text()), 'cost_model': 'tpu v5e (same step)',
+          'cublas_gemm_fallback': bool(GEMM_FALLBACKS)} if topology in GPUS else {}),
   }
 
 
@@ -318,6 +334,7 @@ def largest_batch(config, topology: str, multiple: int = 8, max_compiles: int = 
           'recipe_batch_hbm_bytes': tried[b0], 'largest_batch': best,
           'largest_batch_hbm_bytes': tried.get(best), 'capacity_bytes': capacity,
           'smallest_failing_batch': min((b for b in tried if b not in fits), default=None),
+          'cublas_gemm_fallback': bool(GEMM_FALLBACKS),
           'compiled_batches': {b: tried[b] for b in sorted(tried)}}
 
 
