@@ -27,7 +27,7 @@ setup(
     extras_require={
         # PyTorch only reads .pth files; install your own build first to avoid a CUDA download.
         'convert': ['torch>=2.0'],
-        'test': ['chex', 'pillow', 'pytest', 'pytest-xdist'],
+        'test': ['chex', 'pillow', 'pytest', 'pytest-xdist>=3.2'],
         # TFDS datasets and image folders (tf.data); the models and trainer do not need it.
         'data': ['tensorflow-cpu', 'tensorflow-datasets'],
         # XLA's TPU compiler (libtpu), for benchmarks/compile_tpu.py on any Linux host; install the

@@ -79,7 +79,7 @@ def _tiny(config, tmp_path, **dataset_kwargs):
 
 
 # (dataset, dataset_kwargs): every known TFDS text dataset and one given by its features.
-TFDS_TEXT = [('ag_news_subset', {}), ('trec', {}), ('trec', {'label_key': 'label-fine'}),
+TFDS_TEXT = [('ag_news_subset', {}), ('trec', {'label_key': 'label-fine'}),
              ('imdb_reviews', {}), ('yelp_polarity_reviews', {}), ('glue/sst2', {}),
              ('snli', {'text_keys': ('premise', 'hypothesis')})]
 
