@@ -57,6 +57,13 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def model_inputs(batch):
+  """A batch's model input: its images, or a text batch's word ids and their mask."""
+  if 'ids' in batch:
+    return {'ids': batch['ids'], 'token_mask': batch['token_mask']}
+  return batch['image']
+
+
 def apply_model(model, params, inputs, **kwargs):
   """The model on a batch's inputs: images, or a text batch's word ids and their mask."""
   if isinstance(inputs, dict):
@@ -96,7 +103,7 @@ def prepare_batch(batch, k_aug, k_mix, *, num_classes: int, config,
   per-image recipe left to the step (`device_augment.before`), Mixup/CutMix with label smoothing
   (`mix`: whether it is still on), normalisation and random erasing (`device_augment.after`)."""
   if 'ids' in batch:  # text: label smoothing only
-    return ({'ids': batch['ids'], 'token_mask': batch['token_mask']},
+    return (model_inputs(batch),
             optax.smooth_labels(jax.nn.one_hot(batch['label'], num_classes),
                                 config.label_smoothing))
   aug = config.get('aug') or {}
@@ -141,9 +148,7 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config,
 
 def eval_step(params, batch, *, model):
   """Sums over the real (unmasked) rows: loss, top-1 and top-5 hits, count."""
-  inputs = ({'ids': batch['ids'], 'token_mask': batch['token_mask']} if 'ids' in batch
-            else batch['image'])
-  logits = apply_model(model, params, inputs, train=False).astype(jnp.float32)
+  logits = apply_model(model, params, model_inputs(batch), train=False).astype(jnp.float32)
   mask = batch['mask'].astype(jnp.float32)
   loss = cross_entropy(logits, batch['label'], model.num_classes)
   topk = jax.lax.top_k(logits, min(5, model.num_classes))[1]
