@@ -38,6 +38,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.experimental import topologies
+import ml_collections
 from ml_collections import config_flags
 
 from compact_flax import data
@@ -255,14 +256,35 @@ def kernel_census(hlo_text: str) -> Dict[str, int]:
   return census
 
 
+def costs(compiled) -> Dict[str, float]:
+  """XLA's cost analysis of a compiled step: FLOPs and bytes accessed per device."""
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  return {k: float(cost.get(k, 0.)) for k in ('flops', 'bytes accessed')}
+
+
+def unrolled_costs(config, topology: str, kernel_platform=None):
+  """(train, eval) costs of a scanned encoder's step as if unrolled: XLA's cost analysis counts a
+  loop body once, so they come from the same step with one and with two layers, not scanned:
+  c1 + (L - 1) (c2 - c1), every layer doing the same work."""
+  depth = models.create_model(config.model, **validation.model_kwargs(config)).num_layers
+  shallow = []
+  for layers in (1, 2):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.model_kwargs.num_layers, c.model_kwargs.scan_layers = layers, False
+    train_step, eval_step, *_ = compile_steps(c, topology, kernel_platform)
+    shallow.append((costs(train_step), costs(eval_step)))
+  return tuple({k: one[i][k] + (depth - 1) * (two[i][k] - one[i][k]) for k in one[i]}
+               for one, two in [shallow] for i in (0, 1))
+
+
 def summarize(config, topology: str, compiled, compile_s: float, mesh, top: int,
-              cost_from=None) -> Dict:
-  """The JSON record; `cost_from` is the compiled step whose cost analysis to use (a GPU step has
-  none of its own)."""
+              cost=None, cost_hlo=None) -> Dict:
+  """The JSON record; `cost` (FLOPs, bytes) and `cost_hlo` (the text the heaviest ops come from)
+  when they are not the compiled step's own (a GPU step has none; a scanned one counts its loop
+  once)."""
   peak, bandwidth, capacity = chip_figures(topology)
-  cost = (cost_from or compiled).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  cost = cost or {}
+  cost = cost or costs(compiled)
   memory = compiled.memory_analysis()
   chips = len({tuple(getattr(d, 'coords', (d.id,))) for d in mesh.devices.flat})
   per_chip = mesh.size / chips  # devices (TensorCores) per chip: 2 on v4, else 1
@@ -281,7 +303,8 @@ def summarize(config, topology: str, compiled, compile_s: float, mesh, top: int,
       'flop_bound_step_s': flop_s, 'memory_bound_step_s': byte_s, 'est_step_s': est,
       'est_images_per_sec': config.batch_size / est if est else None,
       'aug_on_device': bool(config.aug.on_device),
-      'heaviest_ops': heaviest_ops((cost_from or compiled).as_text(), top),
+      'heaviest_ops': heaviest_ops(cost_hlo or compiled.as_text(), top),
+      'scan_layers': bool(config.model_kwargs.get('scan_layers')),
       **({'kernels': kernel_census(compiled.as_text()), 'cost_model': 'tpu v5e (same step)',
           'cublas_gemm_fallback': bool(GEMM_FALLBACKS)} if topology in GPUS else {}),
   }
@@ -357,17 +380,23 @@ def main(argv):
     return
   compiled_train, compiled_eval, _, mesh, compile_s = compile_steps(
       config, FLAGS.topology, fused_attention=FLAGS.fused_attention)
-  cost_train = cost_eval = None
-  if FLAGS.topology in GPUS:  # XLA's GPU compiler gives no cost analysis: the TPU cost model's
-    cost_train, cost_eval, *_ = compile_steps(config, COST_MODEL_CHIP, kernel_platform='gpu')
+  # XLA's GPU compiler gives no cost analysis: the TPU cost model's of the same step.
+  cost_topology, kernel_platform = ((COST_MODEL_CHIP, 'gpu') if FLAGS.topology in GPUS
+                                    else (FLAGS.topology, None))
+  cost_hlo = None
+  if config.model_kwargs.get('scan_layers'):
+    train_cost, eval_cost = unrolled_costs(config, cost_topology, kernel_platform)
+  elif FLAGS.topology in GPUS:
+    cost_train, cost_eval, *_ = compile_steps(config, cost_topology, kernel_platform)
+    train_cost, eval_cost, cost_hlo = costs(cost_train), costs(cost_eval), cost_train.as_text()
+  else:
+    train_cost, eval_cost = costs(compiled_train), costs(compiled_eval)
   result = summarize(config, FLAGS.topology, compiled_train, compile_s, mesh, FLAGS.top,
-                     cost_from=cost_train)
+                     cost=train_cost, cost_hlo=cost_hlo)
   if FLAGS.dump_hlo:
     with open(FLAGS.dump_hlo, 'w') as f:
       f.write(compiled_train.as_text())
-  eval_cost = (cost_eval or compiled_eval).cost_analysis()
-  eval_cost = eval_cost[0] if isinstance(eval_cost, (list, tuple)) else eval_cost
-  result['eval_flops_per_chip'] = float((eval_cost or {}).get('flops', 0.))
+  result['eval_flops_per_chip'] = eval_cost['flops']
   if FLAGS.topology in GPUS:
     result['eval_kernels'] = kernel_census(compiled_eval.as_text())
     result['eval_hbm_bytes_per_chip'] = hbm_bytes(compiled_eval)
@@ -386,6 +415,8 @@ def main(argv):
       print(f'  {step.replace("_", " ")}: ' + ', '.join(f'{k} {v}' for k, v in result[step].items()
                                                        if v))
     print('  (FLOPs and bytes: the same step through the TPU cost model)')
+  if result['scan_layers']:
+    print('  (scanned encoder: FLOPs and bytes from unscanned 1- and 2-layer steps, extrapolated)')
   print('  heaviest ops by bytes touched:')
   for op in result['heaviest_ops']:
     print(f'    {op["bytes"] / 1e6:10.1f} MB  {op["op"]:<28} {op["from"]}')

@@ -6,6 +6,7 @@ missing, extra or mis-shaped. Nothing is loaded partially.
 """
 
 import logging
+import re
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax
@@ -17,6 +18,28 @@ log = logging.getLogger(__name__)
 
 PE_PATH = 'classifier/positional_emb'
 HEAD_PATHS = ('classifier/fc/kernel', 'classifier/fc/bias')
+
+
+_LAYER = re.compile(r'^(.*)/blocks_(\d+)/(.*)$')
+_SCANNED = re.compile(r'^(.*)/blocks/(.*)$')
+
+
+def match_layer_layout(loaded: Mapping[str, Any], target) -> Dict[str, Any]:
+  """Flat weights in `target`'s encoder layout: per-layer weights (`blocks_0`, `blocks_1`, ...)
+  stacked into a scanned model's `blocks`, or a scanned checkpoint's `blocks` split per layer."""
+  loaded, stacks = dict(loaded), {}
+  for path in list(loaded):
+    m = _LAYER.match(path)
+    if m and path not in target and f'{m[1]}/blocks/{m[3]}' in target:
+      stacks.setdefault(f'{m[1]}/blocks/{m[3]}', {})[int(m[2])] = loaded.pop(path)
+  for path, layers in stacks.items():
+    loaded[path] = np.stack([np.asarray(layers[i]) for i in sorted(layers)])
+  for path in list(loaded):
+    m = _SCANNED.match(path)
+    if m and path not in target and f'{m[1]}/blocks_0/{m[2]}' in target:
+      for i, value in enumerate(loaded.pop(path)):
+        loaded[f'{m[1]}/blocks_{i}/{m[2]}'] = value
+  return loaded
 
 
 class CheckpointError(ValueError):
@@ -101,7 +124,7 @@ def _raise_problems(target, loaded, fresh, unexpected, describe, source_shape, h
 def check_fits(model, params, *, hint: str = ''):
   """Raises CheckpointError unless `params` has exactly `model`'s keys and shapes."""
   target = flax.traverse_util.flatten_dict(init_variables(model, abstract=True)['params'], sep='/')
-  loaded = flax.traverse_util.flatten_dict(params, sep='/')
+  loaded = match_layer_layout(flax.traverse_util.flatten_dict(params, sep='/'), target)
   _raise_problems(target, loaded, set(), (), lambda p: p, lambda p, s: tuple(s), hint)
 
 
@@ -114,9 +137,9 @@ def merge_params(model, loaded: Mapping[str, Any], *, new_head: bool = False, se
   function giving a shape in the source's layout, for messages; `unexpected` are source keys that
   had no path at all.
   """
-  loaded = dict(loaded)
   target = flax.traverse_util.flatten_dict(init_variables(model, seed, abstract=True)['params'],
                                            sep='/')
+  loaded = match_layer_layout(loaded, target)
   describe = lambda path: names[path][0] if names and path in names else path
   source_shape = lambda path, shape: tuple(names[path][1](shape) if names and path in names
                                            else shape)

@@ -33,6 +33,7 @@ class _CompactTransformer(nn.Module):
   mlp_ratio: float = 4.0
   num_classes: int = 1000
   positional_embedding: str = 'learnable'  # 'learnable' | 'sine' | 'none'
+  scan_layers: bool = False  # the encoder under nn.scan: compiles once (TransformerClassifier)
   dtype: Optional[Dtype] = None  # compute dtype, e.g. jnp.bfloat16
   param_dtype: Dtype = jnp.float32
 
@@ -62,8 +63,8 @@ class _CompactTransformer(nn.Module):
         mlp_ratio=self.mlp_ratio, seq_pool=self.seq_pool,
         positional_embedding=self.positional_embedding, sequence_length=self.num_tokens(),
         dropout=self.dropout, attention_dropout=self.attention_dropout,
-        stochastic_depth=self.stochastic_depth, dtype=self.dtype, param_dtype=self.param_dtype,
-        name='classifier')(x, train=train)
+        stochastic_depth=self.stochastic_depth, scan_layers=self.scan_layers, dtype=self.dtype,
+        param_dtype=self.param_dtype, name='classifier')(x, train=train)
 
 
 class CCT(_CompactTransformer):

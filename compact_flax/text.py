@@ -118,6 +118,7 @@ class _TextTransformer(nn.Module):
   stochastic_depth: float = 0.1
   positional_embedding: str = 'sine'  # 'sine' | 'learnable' | 'none'
   mask_pooling: bool = True
+  scan_layers: bool = False  # the encoder under nn.scan (TransformerClassifier)
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
 
@@ -183,7 +184,8 @@ class _TextTransformer(nn.Module):
         positional_embedding=self.positional_embedding, sequence_length=self.num_tokens(),
         mask_pooling=self.mask_pooling, dropout=self.dropout,
         attention_dropout=self.attention_dropout, stochastic_depth=self.stochastic_depth,
-        dtype=self.dtype, param_dtype=self.param_dtype, name='classifier')(x, mask, train=train)
+        scan_layers=self.scan_layers, dtype=self.dtype, param_dtype=self.param_dtype,
+        name='classifier')(x, mask, train=train)
 
 
 class TextCCT(_TextTransformer):

@@ -104,7 +104,8 @@ def load_init_params(config, model):
   try:
     _, variables = checkpoint.load_model(
         config.init_from, num_classes=model.num_classes,
-        positional_embedding=model.positional_embedding, seed=config.seed, **fit)
+        positional_embedding=model.positional_embedding, scan_layers=model.scan_layers,
+        seed=config.seed, **fit)
     merge.check_fits(model, variables['params'],
                      hint=f'config.init_from does not hold a {config.model}')
   except (FileNotFoundError, ValueError) as e:

@@ -4,6 +4,7 @@ Names of submodules follow the official PyTorch `TransformerClassifier`, so that
 checkpoint is a lookup table (see `convert.py`).
 """
 
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -82,6 +83,23 @@ class Attention(nn.Module):
     return nn.Dropout(self.projection_dropout, name='proj_drop')(x, deterministic=not train)
 
 
+class DropPath(nn.Module):
+  """Stochastic depth: drops a sample's whole residual branch with probability `rate`, which may be
+  traced (a scanned stack gives each layer its rate as data). The same draws as
+  `nn.Dropout(rate, broadcast_dims=(1, 2))` under the same name."""
+
+  @nn.compact
+  def __call__(self, x, rate, *, deterministic: bool):
+    if deterministic or (isinstance(rate, (int, float)) and rate == 0.0):
+      return x
+    if isinstance(rate, (int, float)) and rate == 1.0:
+      return jnp.zeros_like(x)
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jax.lax.select(jnp.broadcast_to(mask, x.shape), x / jnp.asarray(keep, x.dtype),
+                          jnp.zeros_like(x))
+
+
 class TransformerEncoderLayer(nn.Module):
   """The official encoder layer, post-norm quirk included.
 
@@ -97,14 +115,16 @@ class TransformerEncoderLayer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask=None, *, train: bool = False):
+  def __call__(self, x, mask=None, *, train: bool = False, drop_path_rate=None):
+    """`drop_path_rate`, when given, replaces the field (a scanned stack passes each layer's)."""
     d = x.shape[-1]
+    rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
     norm = lambda name: nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype,
                                      name=name)
     dense = lambda features, name: nn.Dense(features, kernel_init=dense_init, dtype=self.dtype,
                                             param_dtype=self.param_dtype, name=name)
     # Stochastic depth: one Bernoulli draw per sample, broadcast over tokens and channels.
-    drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2), name='drop_path')
+    drop_path = functools.partial(DropPath(name='drop_path'), rate=rate)
     dropout = lambda name: nn.Dropout(self.dropout, name=name)
 
     attn = Attention(self.num_heads, self.attention_dropout, self.dropout, dtype=self.dtype,
@@ -135,6 +155,10 @@ class TransformerClassifier(nn.Module):
   positional_embedding: str = 'learnable'
   sequence_length: Optional[int] = None  # tokens from the tokenizer (no class token): the PE's size
   mask_pooling: bool = True
+  # One encoder layer under nn.scan, its weights stacked on a leading axis ('blocks' instead of
+  # 'blocks_0', 'blocks_1', ...): the same function, compiled once instead of once per layer.
+  # Checkpoints load into either layout (merge.match_layer_layout).
+  scan_layers: bool = False
   dropout: float = 0.0
   attention_dropout: float = 0.1
   stochastic_depth: float = 0.1
@@ -166,10 +190,18 @@ class TransformerClassifier(nn.Module):
     x = nn.Dropout(self.dropout, name='dropout')(x, deterministic=not train)
 
     rates = np.linspace(0, self.stochastic_depth, self.num_layers) if self.num_layers else []
-    for i, rate in enumerate(rates):
-      x = TransformerEncoderLayer(
-          self.num_heads, int(d * self.mlp_ratio), self.dropout, self.attention_dropout, float(rate),
-          dtype=self.dtype, param_dtype=self.param_dtype, name=f'blocks_{i}')(x, mask, train=train)
+    layer = functools.partial(TransformerEncoderLayer, self.num_heads, int(d * self.mlp_ratio),
+                              self.dropout, self.attention_dropout, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    if self.scan_layers and self.num_layers:
+      scan = nn.scan(lambda mdl, x, rate, mask: (mdl(x, mask, train=train, drop_path_rate=rate),
+                                                 None),
+                     variable_axes={'params': 0, 'intermediates': 0},
+                     split_rngs={'params': True, 'dropout': True},
+                     in_axes=(0, nn.broadcast), length=self.num_layers)
+      x, _ = scan(layer(name='blocks'), x, jnp.asarray(rates, jnp.float32), mask)
+    for i, rate in enumerate([] if self.scan_layers else rates):
+      x = layer(drop_path_rate=float(rate), name=f'blocks_{i}')(x, mask, train=train)
     x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name='norm')(x)
     self.sow('intermediates', 'tokens', x)
 

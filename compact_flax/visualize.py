@@ -30,7 +30,10 @@ def _pooled(model, state) -> np.ndarray:
   if 'pooling_weights' in inter:
     w = inter['pooling_weights'][0]
   else:  # ViT-Lite: the class token's attention over the patch tokens in the last layer
-    last = inter[f'blocks_{model.num_layers - 1}']['self_attn']['attention_weights'][0]
+    if 'blocks' in inter:  # scanned layers: weights stacked over layers
+      last = inter['blocks']['self_attn']['attention_weights'][0][-1]
+    else:
+      last = inter[f'blocks_{model.num_layers - 1}']['self_attn']['attention_weights'][0]
     w = last.mean(axis=1)[:, 0, 1:]
     w = w / w.sum(-1, keepdims=True)
   return np.asarray(w, np.float32)

@@ -11,7 +11,7 @@ MODEL_ARGS = {
     'attention_dropout': float, 'stochastic_depth': float, 'num_layers': int, 'num_heads': int,
     'mlp_ratio': float, 'num_classes': int, 'positional_embedding': str, 'n_conv_layers': int,
     'kernel_size': int, 'stride': int, 'padding': int, 'pooling_kernel_size': int,
-    'pooling_stride': int, 'pooling_padding': int,
+    'pooling_stride': int, 'pooling_padding': int, 'scan_layers': bool,
 }
 # The text models' own arguments (vocab_size and seq_len come from the dataset when unset).
 TEXT_MODEL_ARGS = {
@@ -20,7 +20,7 @@ TEXT_MODEL_ARGS = {
     'positional_embedding': str, 'kernel_size': int, 'stride': int, 'padding': int,
     'pooling_kernel_size': int, 'pooling_stride': int, 'pooling_padding': int, 'patch_size': int,
     'seq_len': int, 'vocab_size': int, 'word_embedding_dim': int, 'padding_idx': int,
-    'mask_pooling': bool,
+    'mask_pooling': bool, 'scan_layers': bool,
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 
 import compact_flax
 from compact_flax import kernels
+from compact_flax import merge
 from compact_flax import tokenizer
 from compact_flax import transformer
 
@@ -127,12 +128,44 @@ def test_stochastic_depth_rates_grow_linearly():
 
   def record(next_fun, args, kwargs, context):
     if context.module.name == 'drop_path':
-      rates[context.module.parent.name] = context.module.rate
+      rates[context.module.parent.name] = kwargs['rate']
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
     model.apply(variables, x, train=True, rngs={'dropout': jax.random.key(0)})
   np.testing.assert_allclose([rates[f'blocks_{i}'] for i in range(4)], np.linspace(0, 0.3, 4))
+
+
+def test_drop_path_takes_a_traced_rate_with_dropouts_draws():
+  x = jax.random.normal(jax.random.key(1), (16, 5, 8))
+  rngs = {'dropout': jax.random.key(2)}
+  dropout = nn.Dropout(0.3, broadcast_dims=(1, 2))
+  want = dropout.apply({}, x, deterministic=False, rngs=rngs)
+  got = jax.jit(lambda rate: transformer.DropPath().apply(
+      {}, x, rate, deterministic=False, rngs=rngs))(jnp.float32(0.3))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert 0 < int((got == 0).all(axis=(1, 2)).sum()) < 16
+
+
+@pytest.mark.parametrize('name', ['cct_4_3x2_32', 'vit_2_4_32'])
+def test_scanned_layers_compute_the_same_function(name):
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  plain = compact_flax.create_model(name)
+  scanned = compact_flax.create_model(name, scan_layers=True)
+  params = plain.init(jax.random.key(0), x)['params']
+  stacked = merge.fit_params(scanned, params)  # per-layer weights -> one stacked tree
+  depth = plain.num_layers
+  chex.assert_shape(stacked['params']['classifier']['blocks']['linear1']['kernel'],
+                    (depth,) + params['classifier']['blocks_0']['linear1']['kernel'].shape)
+  np.testing.assert_allclose(scanned.apply(stacked, x), plain.apply({'params': params}, x),
+                             rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_equal(merge.fit_params(plain, stacked['params'])['params'], params)
+  _, inter = scanned.apply(stacked, x, mutable='intermediates')
+  (weights,) = inter['intermediates']['classifier']['blocks']['self_attn']['attention_weights']
+  chex.assert_shape(weights, (depth, 2, plain.num_heads, 64 + (name[:3] == 'vit'),
+                              64 + (name[:3] == 'vit')))
+  logits = scanned.apply(stacked, x, train=True, rngs={'dropout': jax.random.key(1)})
+  assert np.isfinite(np.asarray(logits)).all()
 
 
 def test_intermediates_pooling_weights_sum_to_one():

@@ -78,6 +78,10 @@ def test_digits_reaches_95_percent(tmp_path):
   config.init_from = _latest(tmp_path)
   again = train.train_and_evaluate(config, str(tmp_path / 'eval'))
   assert again['eval_top1'] == pytest.approx(record['eval_top1'])
+  # The per-layer checkpoint loads into the scanned encoder: the same accuracy.
+  config.model_kwargs.scan_layers = True
+  scanned = train.train_and_evaluate(config, str(tmp_path / 'eval_scanned'))
+  assert scanned['eval_top1'] == pytest.approx(record['eval_top1'])
 
 
 def test_sigterm_and_relaunch_equals_uninterrupted(tmp_path):
