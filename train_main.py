@@ -29,6 +29,7 @@ import jax
 from ml_collections import config_flags
 
 from compact_flax import devices
+from compact_flax import models
 from compact_flax import train
 from compact_flax import validation
 
@@ -37,9 +38,10 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.', r
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-host runs.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (hosts) in a multi-host run.')
 flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-host run.')
-flags.DEFINE_integer('cpu_devices', 0, 'CPU-only hosts: data parallelism over this many XLA '
+flags.DEFINE_integer('cpu_devices', None, 'CPU-only hosts: data parallelism over this many XLA '
                      'devices; -1: one per 8 images of the batch (faster for 32x32 models, slower '
-                     'for tiny ones: benchmarks/RESULTS.md); 0: JAX\'s default.')
+                     'for tiny ones: benchmarks/RESULTS.md); 0: JAX\'s default; unset: -1 for '
+                     'images of at least 32x32, else 0.')
 FLAGS = flags.FLAGS
 
 
@@ -73,7 +75,14 @@ def main(argv):
     jax.distributed.initialize()  # a TPU pod: JAX finds its peers itself
   else:
     config = FLAGS.config
-    devices.set_cpu_devices(FLAGS.cpu_devices, config.batch_size // config.grad_accum_steps,
+    count = FLAGS.cpu_devices
+    if count is None:
+      try:
+        _, variant = models.model_kwargs(config.model, **validation.model_kwargs(config))
+      except (ValueError, TypeError):  # a bad model or argument: the trainer says which
+        variant = {}
+      count = devices.auto_cpu_devices(variant.get('img_size'))
+    devices.set_cpu_devices(count, config.batch_size // config.grad_accum_steps,
                             config.eval_batch_size)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir, stop_event=STOP)

@@ -205,7 +205,7 @@ def compile_steps(config, topology: str, kernel_platform=None, fused_attention=T
   img = variant['img_size']
   h, w = (img, img) if isinstance(img, int) else tuple(img)
   source = data.SyntheticSource((h, w, variant.get('n_input_channels', 3)), variant['num_classes'])
-  model, _ = train.build_model(config, source)
+  model, _ = train.build_model(config, source, platform=kernel_platform or platform)
   steps_per_epoch = max(1, source.num_train // config.batch_size)
   tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, steps_per_epoch))
   fixed = input_pipeline.FIXED_SIZES.get(config.dataset) == (h, w)

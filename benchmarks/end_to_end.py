@@ -92,8 +92,12 @@ def run_ours(args) -> dict:
   if proc.returncode:
     raise SystemExit(f'ours failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
   rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  with open(os.path.join(workdir, 'timing.json')) as f:
+    phases = json.load(f)
+  # Before the trainer's clock starts: Python, JAX and TensorFlow imports, flag parsing.
+  phases['imports'] = round(wall - phases['total'], 2)
   return {'side': 'ours', 'wall_s': round(wall, 1), 'top1': rows[-1]['eval_top1'],
-          'epochs': args.epochs + args.cooldown, 'workdir': workdir}
+          'epochs': args.epochs + args.cooldown, 'phases_s': phases, 'workdir': workdir}
 
 
 def run_peer(args) -> dict:

@@ -5,9 +5,10 @@ package) and `SyntheticSource` (made on the device, for benchmarks). The tf.data
 image folders) and `get_source`, which picks one by name, are in `input_pipeline.py`.
 """
 
-import collections
 import gzip
 import os
+import queue
+import threading
 from typing import Any, Dict, Iterator, Mapping, Optional, Protocol, Sequence, Tuple
 from typing import runtime_checkable
 
@@ -52,15 +53,61 @@ def to_global(local: Dict[str, np.ndarray], sharding) -> Batch:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
-def prefetch(batches: Iterator[Batch], size: int = 2) -> Iterator[Batch]:
-  """Keeps `size` batches in flight, so host work and transfers overlap the step."""
-  queue = collections.deque()
-  for batch in batches:
-    queue.append(batch)
-    if len(queue) > size:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
+class Prefetch:
+  """Iterates `batches` in a background thread, up to `size` ahead, so that host work (decoding,
+  augmentation, transfers) overlaps the steps and the first step's compilation. The order is
+  unchanged; an error in the thread is raised at the consumer's next `next()`. `close()` stops
+  the thread (also a context manager)."""
+
+  def __init__(self, batches: Iterator[Batch], size: int = 2):
+    self._queue = queue.Queue(maxsize=size)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, args=(batches,), daemon=True,
+                                    name='compact_flax-prefetch')
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _run(self, batches):
+    try:
+      for batch in batches:
+        if not self._put((True, batch)):
+          return
+      self._put((False, StopIteration()))
+    except BaseException as e:  # pylint: disable=broad-except
+      self._put((False, e))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Batch:
+    ok, item = self._queue.get()
+    if not ok:
+      self._queue.put((False, item))  # every later call raises too
+      raise item
+    return item
+
+  def close(self):
+    self._stop.set()
+    self._thread.join()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def prefetch(batches: Iterator[Batch], size: int = 2) -> Prefetch:
+  """`Prefetch(batches, size)`."""
+  return Prefetch(batches, size)
 
 
 def local_rows(global_batch: int) -> slice:

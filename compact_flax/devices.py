@@ -4,6 +4,7 @@ Parameters and optimizer state are replicated; batches are sharded on the mesh's
 The same mesh serves one CPU, eight GPUs or a TPU pod.
 """
 
+import glob
 import importlib.metadata
 import os
 from typing import Optional, Sequence
@@ -14,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 IMAGES_PER_CPU_DEVICE = 8  # measured on 2 cores: benchmarks/RESULTS.md
 CPU_DEVICES_PER_CORE = 8
+MIN_SPLIT_IMAGE_SIDE = 32  # smaller inputs (the 8x8 digits) train slower split: RESULTS.md
 
 
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
@@ -42,24 +44,41 @@ def cpu_device_count(batch_size: int, eval_batch_size: int, cores: int) -> int:
   return max(d for d in range(1, target + 1) if batch_size % d == 0 and eval_batch_size % d == 0)
 
 
-def _accelerator_plugin_installed() -> bool:
+def auto_cpu_devices(img_size) -> int:
+  """The `set_cpu_devices` count a CPU-only host uses by default: -1 (split) for images of at
+  least 32x32, where the split was measured to help; 0 for smaller images and for text."""
+  if img_size is None:
+    return 0
+  sides = (img_size,) * 2 if isinstance(img_size, int) else tuple(img_size)
+  return -1 if min(sides) >= MIN_SPLIT_IMAGE_SIDE else 0
+
+
+# Device files of the accelerators JAX's plugins drive (GPUs; TPU VMs: accel* or vfio groups).
+_ACCELERATOR_DEVICE_FILES = ('/dev/nvidia[0-9]*', '/dev/kfd', '/dev/accel[0-9]*', '/dev/vfio/[0-9]*')
+
+
+def _accelerator_present() -> bool:
+  """Whether a GPU/TPU plugin is installed and its hardware is there (libtpu installed for the
+  compile tool on a CPU-only machine does not count), judged without starting JAX."""
   names = {(d.metadata['Name'] or '').lower().replace('_', '-')
            for d in importlib.metadata.distributions()}
-  return any(n.startswith(('jax-cuda', 'jax-rocm', 'libtpu')) for n in names)
+  if not any(n.startswith(('jax-cuda', 'jax-rocm', 'libtpu')) for n in names):
+    return False
+  return any(glob.glob(pattern) for pattern in _ACCELERATOR_DEVICE_FILES)
 
 
 def set_cpu_devices(count: int, batch_size: int, eval_batch_size: Optional[int] = None) -> int:
   """Splits the CPU into `count` XLA devices before JAX starts; -1: `cpu_device_count`.
 
-  -1 applies only where no GPU/TPU plugin is installed (or JAX_PLATFORMS=cpu); accelerator
-  backends are never affected. Returns the count set; 0 when `count` is 0, when the user chose
+  -1 applies only where no GPU/TPU is present (or JAX_PLATFORMS=cpu); accelerator backends are
+  never affected. Returns the count set; 0 when `count` is 0, when the user chose
   through JAX_NUM_CPU_DEVICES or XLA_FLAGS, or when JAX has already started.
   """
   if not count or os.environ.get('JAX_NUM_CPU_DEVICES') or (
       'host_platform_device_count' in os.environ.get('XLA_FLAGS', '')):
     return 0
   if count < 0:
-    if os.environ.get('JAX_PLATFORMS') != 'cpu' and _accelerator_plugin_installed():
+    if os.environ.get('JAX_PLATFORMS') != 'cpu' and _accelerator_present():
       return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     count = cpu_device_count(batch_size, eval_batch_size or batch_size, cores or 1)

@@ -10,10 +10,12 @@ batches, and each process reads its own shard.
 TensorFlow is imported only when a tf.data source is built.
 """
 
+import concurrent.futures
 import difflib
 import logging
 import math
 import os
+import time
 from typing import Iterator
 
 import jax
@@ -128,9 +130,9 @@ def tf_eval_transform(image, aug):
 
 
 def device_augment_for(aug, fixed_size: bool) -> augment.DeviceAugment:
-  """The part of the recipe a tf.data source leaves to the train step: normalisation and erasing
-  after the mix always; with `aug.on_device`, RandAugment before it, and the crop and flip too
-  for datasets whose images are already `img_size` (`fixed_size`)."""
+  """The part of the recipe a source leaves to the train step: normalisation and erasing after the
+  mix always; with `aug.on_device`, RandAugment before it, and the crop and flip too for datasets
+  whose training images all have one size (`fixed_size`: CIFAR, a small folder in memory)."""
   return augment.DeviceAugment(aug, on_device=bool(aug.on_device),
                                crop=bool(aug.on_device and fixed_size))
 
@@ -147,12 +149,19 @@ class TFDataSource:
                           'crop_pct': aug.crop_pct, 'interpolation': aug.interpolation}
     self.device_augment = device_augment_for(aug, fixed_size)
     self._crop_in_step = self.device_augment.crop
-    self._host_transform = None
-    if not aug.on_device and aug.auto_augment:
-      cpu = jax.devices('cpu')[0]
-      fn = jax.jit(lambda x, k: augment.before_mix(x, k, aug, crop=False).astype(jnp.uint8))
-      self._host_transform = lambda x, k: np.asarray(fn(jax.device_put(x, cpu),
-                                                        jax.device_put(k, cpu)))
+    self.host_augment_seconds = 0.0
+    self._host_transform = (self.host_transform(crop=False)
+                            if not aug.on_device and aug.auto_augment else None)
+
+  def host_transform(self, crop: bool):
+    """`augment.before_mix` jitted for the host CPU, uint8 in and out (where the recipe's per-image
+    part runs when it is not in the step)."""
+    cpu = jax.devices('cpu')[0]
+    fn = jax.jit(lambda x, k: augment.before_mix(x, k, self.aug, crop=crop).astype(jnp.uint8))
+    return lambda x, k: np.asarray(fn(jax.device_put(x, cpu), jax.device_put(k, cpu)))
+
+  def _host_key(self, seed: int, step: int):
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), jax.process_index())
 
   def _dataset(self, train: bool, seed: int):
     raise NotImplementedError
@@ -177,9 +186,9 @@ class TFDataSource:
       ds = ds.prefetch(tf.data.AUTOTUNE)
       for step, batch in enumerate(ds.as_numpy_iterator(), start=epoch * steps_per_epoch + offset):
         if self._host_transform is not None:
-          key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step),
-                                   jax.process_index())
-          batch['image'] = self._host_transform(batch['image'], key)
+          t = time.perf_counter()
+          batch['image'] = self._host_transform(batch['image'], self._host_key(seed, step))
+          self.host_augment_seconds += time.perf_counter() - t
         yield data_lib.to_global(batch, sharding)
       epoch, offset = epoch + 1, 0
 
@@ -270,50 +279,158 @@ class TFDSSource(TFDataSource):
     return ds
 
 
+# A folder whose decoded images fit in this many bytes is decoded once, at start-up, and held in
+# memory: training images when they all share one size, the eval split after its transform.
+IN_MEMORY_BYTES = 512 << 20
+
+
+def _image_size(path: str):
+  """(width, height) from the file's header, or None where PIL cannot read one."""
+  try:
+    with Image.open(path) as img:
+      return img.size
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _decode_rgb(path: str):
+  """The image as uint8 (H, W, 3), decoded by PIL as torchvision's loader does; None if it fails."""
+  try:
+    with Image.open(path) as img:
+      return np.asarray(img.convert('RGB'))
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
 class ImageFolderSource(TFDataSource):
   """`root/train/<class>/*.jpg` and `root/<eval_split>/<class>/*` (JPEG, PNG, GIF, BMP).
 
-  Files that do not decode are skipped, counted and logged once, at start-up.
+  Files that do not decode are skipped, counted and logged once, at start-up. A small folder
+  (`IN_MEMORY_BYTES`) is decoded once and held in memory, its eval split already transformed:
+  no decoding per epoch, evaluation without tf.data.
   """
 
   def __init__(self, root, aug, *, train_split='train', eval_split='val'):
-    tf = _tf()
     if not os.path.isdir(os.path.join(root, train_split)):
       raise ValueError(f'Image folder {root} has no {train_split}/ sub-folder; lay it out as '
                        f'{root}/{train_split}/<class>/<image> and {root}/{eval_split}/<class>/...')
     classes = sorted(d for d in os.listdir(os.path.join(root, train_split))
                      if os.path.isdir(os.path.join(root, train_split, d)))
-    self.files, self.skipped = {}, {}
+    listed = {}
     for split in (train_split, eval_split):
-      pairs, bad = [], []
-      for label, cls in enumerate(classes):
-        folder = os.path.join(root, split, cls)
-        for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-          path = os.path.join(folder, f)
-          try:
-            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-            pairs.append((path, label))
-          except Exception:  # pylint: disable=broad-except
-            bad.append(path)
-      if bad:
-        log.warning('%s/%s: skipped %d file(s) that do not decode, e.g. %s', root, split,
-                    len(bad), bad[0])
-      self.files[split], self.skipped[split] = pairs, bad
+      listed[split] = [(os.path.join(root, split, cls, f), label)
+                       for label, cls in enumerate(classes)
+                       for f in (sorted(os.listdir(os.path.join(root, split, cls)))
+                                 if os.path.isdir(os.path.join(root, split, cls)) else [])]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+      sizes = {split: list(pool.map(_image_size, [p for p, _ in pairs]))
+               for split, pairs in listed.items()}
+      decoded_bytes = sum(w * h * 3 for split in sizes for wh in sizes[split] if wh
+                          for w, h in [wh])
+      self.in_memory = decoded_bytes <= IN_MEMORY_BYTES
+      self.files, self.skipped, self.images = {}, {}, {}
+      for split, pairs in listed.items():
+        if self.in_memory:
+          images = list(pool.map(_decode_rgb, [p for p, _ in pairs]))
+        else:
+          images = [True if self._tf_decodes(p) else None for p, _ in pairs]
+        bad = [p for (p, _), img in zip(pairs, images) if img is None]
+        if bad:
+          log.warning('%s/%s: skipped %d file(s) that do not decode, e.g. %s', root, split,
+                      len(bad), bad[0])
+        self.files[split] = [pair for pair, img in zip(pairs, images) if img is not None]
+        self.skipped[split] = bad
+        self.images[split] = [img for img in images if img is not None] if self.in_memory else None
     self.splits = (train_split, eval_split)
+    self._train_array = self._eval_array = None
+    if self.in_memory:
+      train = self.images[train_split]
+      if train and len({img.shape for img in train}) == 1:
+        self._train_array = np.stack(train)
+      size = _size(aug)
+      self._eval_array = np.stack([
+          np.asarray(eval_resize_crop(Image.fromarray(img), size, aug.crop_pct, aug.interpolation))
+          for img in self.images[eval_split]]) if self.images[eval_split] else None
+    self.images = None  # the arrays above hold what is needed
+    # Training images of one size in memory: crop, flip and RandAugment in one jitted function
+    # (on the host, or in the step with `aug.on_device`), without tf.data.
     super().__init__(os.path.basename(root.rstrip('/')), aug, len(classes), classes,
-                     len(self.files[train_split]), len(self.files[eval_split]), False)
+                     len(self.files[train_split]), len(self.files[eval_split]),
+                     fixed_size=self._train_array is not None)
+    if self._train_array is not None:
+      self._host_transform = None if aug.on_device else self.host_transform(crop=True)
+
+  @staticmethod
+  def _tf_decodes(path: str) -> bool:
+    tf = _tf()
+    try:
+      tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+      return True
+    except Exception:  # pylint: disable=broad-except
+      return False
 
   def _dataset(self, train, seed):
     tf = _tf()
     pairs = self.files[self.splits[0] if train else self.splits[1]]
-    pairs = pairs[jax.process_index()::jax.process_count()]
-    paths, labels = [p for p, _ in pairs], [l for _, l in pairs]
+    rows = slice(jax.process_index(), None, jax.process_count())
+    labels = [l for _, l in pairs][rows]
+    if train and self._train_array is not None:
+      ds = tf.data.Dataset.from_tensor_slices({'image': self._train_array[rows],
+                                              'label': np.asarray(labels, np.int32)})
+      return ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=False)
+    paths = [p for p, _ in pairs][rows]
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     if train:
       ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=False)
     decode = lambda p, l: {'image': tf.io.decode_image(tf.io.read_file(p), channels=3,
                                                        expand_animations=False), 'label': l}
     return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  def train_batches(self, start_step, *, batch_size, seed, sharding) -> Iterator:
+    if self._train_array is None:
+      yield from super().train_batches(start_step, batch_size=batch_size, seed=seed,
+                                       sharding=sharding)
+      return
+    local = batch_size // jax.process_count()
+    rows = slice(jax.process_index(), None, jax.process_count())
+    images = self._train_array[rows]
+    labels = np.asarray([l for _, l in self.files[self.splits[0]]], np.int32)[rows]
+    steps_per_epoch = self.num_train // batch_size
+    step = start_step
+    while True:
+      epoch = step // steps_per_epoch
+      order = np.random.default_rng([seed, epoch]).permutation(len(labels))
+      for step in range(step, (epoch + 1) * steps_per_epoch):
+        idx = order[(step % steps_per_epoch) * local:][:local]
+        batch = {'image': images[idx], 'label': labels[idx]}
+        if self._host_transform is not None:
+          t = time.perf_counter()
+          batch['image'] = self._host_transform(batch['image'], self._host_key(seed, step))
+          self.host_augment_seconds += time.perf_counter() - t
+        yield data_lib.to_global(batch, sharding)
+      step = (epoch + 1) * steps_per_epoch
+
+  def eval_batches(self, *, batch_size, sharding):
+    if self._eval_array is None:
+      yield from super().eval_batches(batch_size=batch_size, sharding=sharding)
+      return
+    local = batch_size // jax.process_count()
+    rows = slice(jax.process_index(), None, jax.process_count())
+    images = self._eval_array[rows]
+    labels = np.asarray([l for _, l in self.files[self.splits[1]]], np.int32)[rows]
+    # Every process runs the same batches; the last is padded only to a multiple of this process's
+    # devices (one more compile of the eval step, instead of up to a batch of padding each time).
+    per_process = -(-self.num_eval // jax.process_count())
+    per_device = jax.local_device_count()
+    mean = np.asarray(self.aug.mean, np.float32)
+    std = np.asarray(self.aug.std, np.float32)
+    for start in range(0, per_process, local):
+      size = min(local, -(-(per_process - start) // per_device) * per_device)
+      idx = np.arange(start, start + size)
+      mask = idx < len(labels)
+      idx = np.where(mask, idx, 0)
+      image = (images[idx].astype(np.float32) / 255. - mean) / std
+      yield data_lib.to_global({'image': image, 'label': labels[idx], 'mask': mask}, sharding)
 
 
 def get_source(name: str, config=None) -> data_lib.Source:

@@ -7,6 +7,7 @@ concern: `validation` (config checks), `devices` (mesh, CPU split), `optim` (sch
 `input_pipeline` (sources by name). Here: the loop, evaluation, progress and signals.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -38,6 +39,14 @@ TrainingError = errors.TrainingError
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
+def compute_dtype(name: str, platform: Optional[str] = None):
+  """`config.dtype` as an array dtype. 'auto' is the official recipes' AMP: bfloat16 on GPU and TPU,
+  float32 on CPU (as AMP without CUDA; XLA's CPU bfloat16 is slower: benchmarks/RESULTS.md)."""
+  if name == 'auto':
+    name = 'float32' if (platform or jax.default_backend()) == 'cpu' else 'bfloat16'
+  return DTYPES[name]
+
+
 def _say(*args):
   if jax.process_index() == 0:
     print(*args, flush=True)
@@ -64,15 +73,16 @@ def get_source(config):
     raise TrainingError(str(e)) from None
 
 
-def build_model(config, source):
+def build_model(config, source, platform: Optional[str] = None):
   """The configured model for `source`'s class count (a text source also sets the vocabulary size
-  and length); checks the input shape fits."""
+  and length) in the compute dtype for `platform` (default: JAX's); checks the input shape fits."""
   kwargs = validation.model_kwargs(config)
   kwargs.setdefault('num_classes', source.num_classes)
   for k, v in getattr(source, 'model_kwargs', {}).items():
     kwargs.setdefault(k, v)
   try:
-    model = models.create_model(config.model, dtype=DTYPES[config.dtype], **kwargs)
+    model = models.create_model(config.model, dtype=compute_dtype(config.dtype, platform),
+                                 **kwargs)
   except (ValueError, TypeError) as e:
     raise TrainingError(str(e)) from None
   is_text, text_source = hasattr(model, 'seq_len'), 'text' in source.normalization
@@ -229,6 +239,38 @@ class Progress:
     return mean
 
 
+class PhaseTimes:
+  """Wall-clock seconds of the training process by phase, reported at the end of a run and written
+  to `WORKDIR/timing.json`: where a run's time goes (steps run asynchronously, so 'steps' is the
+  time spent waiting for them; host work done meanwhile shows under its own phase)."""
+
+  PHASES = ('start-up', 'compile', 'steps', 'input', 'eval', 'checkpoints')
+
+  def __init__(self):
+    self.seconds = dict.fromkeys(self.PHASES, 0.0)
+    self.t0 = time.perf_counter()
+
+  @contextlib.contextmanager
+  def __call__(self, phase: str):
+    t = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.seconds[phase] += time.perf_counter() - t
+
+  def report(self, workdir: str, source):
+    record = {k: round(v, 2) for k, v in self.seconds.items()}
+    host_augment = getattr(source, 'host_augment_seconds', 0.0)
+    if host_augment:
+      record['input_host_augment'] = round(host_augment, 2)
+    record['total'] = round(time.perf_counter() - self.t0, 2)
+    _say('Time by phase: ' + ', '.join(f'{k} {v:.1f} s' for k, v in record.items()))
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, 'timing.json'), 'w') as f:
+        json.dump(record, f)
+    return record
+
+
 class StopSignal:
   """SIGTERM/SIGINT ask the run to stop cleanly (saving in the loop) instead of dying mid-write.
 
@@ -263,6 +305,7 @@ class StopSignal:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_event: Optional[threading.Event] = None) -> Dict[str, Any]:
   """Trains (or with `config.eval_only`, evaluates) and returns the last metrics record."""
+  times = PhaseTimes()
   mesh = devices.make_mesh()
   check_config(config, mesh.size)
   workdir_lib.check_path(workdir)
@@ -283,6 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       with workdir_lib.MetricsWriter(workdir, int(state.step)) as writer:
         evaluate = Evaluator(config, model, mesh, source, schedule, epoch_steps, writer)
         _say(f'{config.model}: {sum(x.size for x in jax.tree.leaves(state.params)):,} parameters; '
+             f'{jnp.dtype(model.dtype or jnp.float32).name} compute; '
              f'{source.name}: {source.num_train} train / {source.num_eval} eval images; '
              f'{mesh.size} device(s) on {jax.process_count()} process(es); {epoch_steps} '
              f'steps/epoch, {total_steps} steps; config in {workdir}/config.json.')
@@ -293,40 +337,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           return {}
         train_step = steps.make_train_step(config, model, tx, mesh, steps_per_epoch=epoch_steps,
                                            device_augment=source.device_augment)
-        return train_loop(config, state, train_step, source, mesh, evaluate, checkpoints, stop,
-                          Progress(config, epoch_steps, total_steps, schedule,
-                                   checkpoints.latest_step, workdir))
+        times.seconds['start-up'] = time.perf_counter() - times.t0
+        record = train_loop(config, state, train_step, source, mesh, evaluate, checkpoints, stop,
+                            Progress(config, epoch_steps, total_steps, schedule,
+                                     checkpoints.latest_step, workdir), times)
+      closing = time.perf_counter()  # leaving `checkpoints` waits for the last saves
+    times.seconds['checkpoints'] += time.perf_counter() - closing
+    times.report(workdir, source)
+    return record
 
 
 def train_loop(config, state, train_step, source, mesh, evaluate, checkpoints, stop,
-               progress) -> Dict[str, Any]:
+               progress, times: Optional[PhaseTimes] = None) -> Dict[str, Any]:
   """Steps from `state.step` to the end: reports, evaluations, checkpoints, a clean stop."""
+  times = times or PhaseTimes()
   rng, start, t_start, record = jax.random.key(config.seed), int(state.step), time.time(), {}
-  batches = data_lib.prefetch(source.train_batches(
-      start, batch_size=config.batch_size, seed=config.seed, sharding=devices.batch_sharded(mesh)))
   epoch_steps, total_steps = progress.steps_per_epoch, progress.total_steps
-  for step in range(start, total_steps):
-    state, metrics = train_step(state, next(batches), rng)
-    progress.add(metrics['loss'])
-    done = step + 1
-    epoch_end, final = done % epoch_steps == 0, done == total_steps
-    sync_point = done % config.log_every_steps == 0 or epoch_end or final
-    save = done % config.checkpoint_every_steps == 0 or epoch_end or final
-    if sync_point or save or stop.event.is_set():
-      progress.report(done)
-    evaluated = epoch_end and (done // epoch_steps % config.eval_every_epochs == 0 or final)
-    if evaluated:
-      record = evaluate(state, done, train_loss=progress.take_train_loss(),
-                        images_per_sec=progress.rate)
-      _say('  ' + ', '.join(f'{k} {v:.4f}' for k, v in record.items()
-                            if k.startswith(('eval', 'ema')) and v is not None))
-    if save:
-      checkpoints.save(state, done, metrics=record if evaluated else None)
-    if stop.requested(sync_point):
-      checkpoints.save(state, done)
-      _say(f'Stopped by signal at step {done}; checkpoint saved. Relaunch with the same '
-           '--workdir to resume.')
-      return record
+  with data_lib.prefetch(source.train_batches(
+      start, batch_size=config.batch_size, seed=config.seed,
+      sharding=devices.batch_sharded(mesh))) as batches:
+    for step in range(start, total_steps):
+      with times('input'):
+        batch = next(batches)
+      with times('compile' if step == start else 'steps'):
+        state, metrics = train_step(state, batch, rng)
+        if step == start:  # the first call compiles; its step is counted with it
+          jax.block_until_ready(metrics['loss'])
+      progress.add(metrics['loss'])
+      done = step + 1
+      epoch_end, final = done % epoch_steps == 0, done == total_steps
+      sync_point = done % config.log_every_steps == 0 or epoch_end or final
+      save = done % config.checkpoint_every_steps == 0 or epoch_end or final
+      if sync_point or save or stop.event.is_set():
+        with times('steps'):  # waits for the steps dispatched since the last report
+          progress.report(done)
+      evaluated = epoch_end and (done // epoch_steps % config.eval_every_epochs == 0 or final)
+      if evaluated:
+        with times('eval'):
+          record = evaluate(state, done, train_loss=progress.take_train_loss(),
+                            images_per_sec=progress.rate)
+        _say('  ' + ', '.join(f'{k} {v:.4f}' for k, v in record.items()
+                              if k.startswith(('eval', 'ema')) and v is not None))
+      if save:
+        with times('checkpoints'):
+          checkpoints.save(state, done, metrics=record if evaluated else None)
+      if stop.requested(sync_point):
+        checkpoints.save(state, done)
+        _say(f'Stopped by signal at step {done}; checkpoint saved. Relaunch with the same '
+             '--workdir to resume.')
+        return record
   _say(f'Done: {total_steps} steps in {_fmt_time(time.time() - t_start)}.')
   return record
 

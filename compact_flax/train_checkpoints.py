@@ -76,6 +76,19 @@ def _nbytes(tree) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
+def _one_replica(state):
+  """In a one-process run, replicated arrays as their copy on one device: Orbax's save costs grow
+  with the device count (a CPU split into 16 devices: about 1 s per save instead of 0.1-0.3 s,
+  the first 7 s). Restoring lays them out on whatever mesh asks."""
+  if jax.process_count() > 1:
+    return state
+  def one(x):
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1 and x.is_fully_replicated:
+      return x.addressable_shards[0].data
+    return x
+  return jax.tree.map(one, state)
+
+
 class TrainCheckpoints:
   """Saves and restores the train state of one workdir; `notes` holds what the user should hear."""
 
@@ -132,6 +145,7 @@ class TrainCheckpoints:
           f'on another disk; {self._kept()}.')
     if metrics is not None:
       metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    state = _one_replica(state)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               model=ocp.args.JsonSave(self.spec),
                               integrity=ocp.args.JsonSave({'state': checkpoint.fingerprint(state)}))

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from compact_flax import augment
 from compact_flax import models
 
-DTYPES = ('bfloat16', 'float32')
+DTYPES = ('auto', 'bfloat16', 'float32')
 
 
 def _int(low: int, high: Optional[int] = None):

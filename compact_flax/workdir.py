@@ -18,11 +18,25 @@ from typing import Any, Dict
 
 import jax
 from jax.experimental import multihost_utils
-from tensorboardX import SummaryWriter
 
 from compact_flax.errors import TrainingError
 
 LOCK_FILE = '.lock'
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch whenever it
+  is installed (seconds of start-up), only to accept its tensors; scalars need none of it."""
+  import sys  # pylint: disable=g-import-not-at-top
+  if 'torch' in sys.modules or 'tensorboardX' in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules['torch'] = None  # `import torch` raises ImportError meanwhile
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
 
 
 def describe_os_error(e: OSError, what: str) -> str:
@@ -112,7 +126,7 @@ class MetricsWriter:
     try:
       if start_step and os.path.exists(self.path):
         self._truncate(start_step)
-      self.tb = SummaryWriter(workdir, purge_step=start_step + 1 if start_step else None)
+      self.tb = _summary_writer_class()(workdir, purge_step=start_step + 1 if start_step else None)
     except OSError as e:
       raise TrainingError(describe_os_error(e, f'{workdir}/metrics.jsonl')) from None
 

@@ -14,7 +14,7 @@ def get_config():
   c = common.get_config()
   c.model = 'cct_7_3x1_32'
   c.dataset = 'cifar10'
-  c.dtype = 'bfloat16'              # the official runs use AMP
+  c.dtype = 'auto'                  # the official runs use AMP
   c.num_epochs = 300
   c.cooldown_epochs = 10
   c.batch_size = 128

@@ -29,7 +29,9 @@ def get_config():
   c.model = 'cct_7_3x1_32'          # a registered name: compact_flax.list_models()
   c.model_kwargs = ml_collections.ConfigDict(
       {k: config_dict.placeholder(t) for k, t in MODEL_ARGS.items()})
-  c.dtype = 'float32'               # compute dtype: 'float32' or 'bfloat16' (params stay float32)
+  # Compute dtype (params stay float32): 'float32', 'bfloat16', or 'auto': bfloat16 on GPU/TPU and
+  # float32 on CPU, as the official recipes' AMP (off without CUDA).
+  c.dtype = 'float32'
   c.dataset = 'cifar10'             # TFDS name, 'digits', 'synthetic' or 'folder:/path'
   c.dataset_kwargs = ml_collections.ConfigDict()
   c.data_dir = ''                   # TFDS data_dir; '' = TFDS's default

@@ -13,7 +13,7 @@ def get_config():
   c.dataset = 'oxford_flowers102'
   c.train_split = 'train'
   c.eval_split = 'validation'
-  c.dtype = 'bfloat16'
+  c.dtype = 'auto'
   c.num_epochs = 300
   c.cooldown_epochs = 10
   c.batch_size = 96

@@ -17,7 +17,7 @@ def get_config():
   c = common.get_config()
   c.model = 'cct_14_7x2_224'
   c.dataset = 'imagenet2012'
-  c.dtype = 'bfloat16'
+  c.dtype = 'auto'
   c.num_epochs = 300
   c.cooldown_epochs = 10
   c.batch_size = 1024

@@ -112,6 +112,46 @@ def test_image_folder_skips_and_counts_undecodable_files(tmp_path, caplog):
   assert record['step'] == 3
 
 
+def test_a_small_folder_is_held_in_memory(tmp_path, monkeypatch):
+  rng = np.random.default_rng(1)
+  for split, n in (('train', 8), ('val', 5)):  # 16 training images: 4 whole steps of 4
+    for cls in ('a', 'b'):
+      (tmp_path / split / cls).mkdir(parents=True)
+      for i in range(n):
+        img = rng.integers(0, 255, (40 if split == 'val' else 36, 36, 3), dtype=np.uint8)
+        (tmp_path / split / cls / f'{i}.png').write_bytes(tf.io.encode_png(img).numpy())
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ('data',)),
+                                        jax.sharding.PartitionSpec('data'))
+  aug = _aug()
+  memory = input_pipeline.ImageFolderSource(str(tmp_path), aug)
+  monkeypatch.setattr(input_pipeline, 'IN_MEMORY_BYTES', 0)
+  disk = input_pipeline.ImageFolderSource(str(tmp_path), aug)
+  assert memory.in_memory and not disk.in_memory
+  # Evaluation: the transformed split from memory, as tf.data gives it from the files (the last
+  # batch padded only to a multiple of the devices).
+  def real_rows(source):
+    batches = list(source.eval_batches(batch_size=4, sharding=sharding))
+    mask = np.concatenate([np.asarray(b['mask']) for b in batches])
+    return len(batches), {k: np.concatenate([np.asarray(b[k]) for b in batches])[mask]
+                          for k in ('image', 'label')}
+  (n_memory, from_memory), (n_disk, from_disk) = real_rows(memory), real_rows(disk)
+  assert n_memory == n_disk == 3 and len(from_memory['label']) == 10
+  for k in from_memory:
+    np.testing.assert_array_equal(from_memory[k], from_disk[k], err_msg=k)
+  # Training: cropped, flipped and RandAugmented to img_size without tf.data; each image once
+  # per epoch; a resumed iterator gives the same batches.
+  train = memory.train_batches(0, batch_size=4, seed=5, sharding=sharding)
+  batches = [next(train) for _ in range(8)]  # two epochs of 4 steps
+  assert batches[0]['image'].shape == (4, 32, 32, 3) and batches[0]['image'].dtype == np.uint8
+  labels = [np.asarray(b['label']) for b in batches]
+  assert sorted(np.concatenate(labels[:4])) == sorted(np.concatenate(labels[4:]))
+  assert memory.host_augment_seconds > 0
+  resumed = memory.train_batches(5, batch_size=4, seed=5, sharding=sharding)
+  for b in batches[5:]:
+    again = next(resumed)
+    np.testing.assert_array_equal(np.asarray(again['image']), np.asarray(b['image']))
+
+
 def test_unprepared_dataset_says_how_to_prepare(tmp_path):
   with pytest.raises(ValueError, match='tfds build mnist'):
     input_pipeline.TFDSSource('mnist', _aug(), data_dir=str(tmp_path), download=False)

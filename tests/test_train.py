@@ -210,6 +210,12 @@ def test_cpu_device_count_takes_8_images_per_device_and_divides_both_batches(
   assert batch % count == 0 and eval_batch % count == 0
 
 
+def test_the_cpu_split_is_the_default_for_images_of_32x32_and_more():
+  assert devices.auto_cpu_devices(32) == devices.auto_cpu_devices((224, 160)) == -1
+  assert devices.auto_cpu_devices(8) == devices.auto_cpu_devices((32, 16)) == 0
+  assert devices.auto_cpu_devices(None) == 0  # text
+
+
 def test_set_cpu_devices_respects_the_user_and_a_started_jax(monkeypatch):
   jax.devices()  # JAX has started in this process: too late to change the device count
   assert devices.set_cpu_devices(-1, 128) == 0
