@@ -57,14 +57,17 @@ class Prefetch:
   """Iterates `batches` in a background thread, up to `size` ahead, so that host work (decoding,
   augmentation, transfers) overlaps the steps and the first step's compilation. The order is
   unchanged; an error in the thread is raised at the consumer's next `next()`. `close()` stops
-  the thread (also a context manager)."""
+  the thread (also a context manager). `threaded=False` iterates in the caller's thread instead
+  (for code that is not thread-safe, such as `tfds.testing.mock_data`'s file-system swap)."""
 
-  def __init__(self, batches: Iterator[Batch], size: int = 2):
+  def __init__(self, batches: Iterator[Batch], size: int = 2, threaded: bool = True):
+    self._iterator = None if threaded else iter(batches)
     self._queue = queue.Queue(maxsize=size)
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, args=(batches,), daemon=True,
                                     name='compact_flax-prefetch')
-    self._thread.start()
+    if threaded:
+      self._thread.start()
 
   def _put(self, item) -> bool:
     while not self._stop.is_set():
@@ -88,6 +91,8 @@ class Prefetch:
     return self
 
   def __next__(self) -> Batch:
+    if self._iterator is not None:
+      return next(self._iterator)
     ok, item = self._queue.get()
     if not ok:
       self._queue.put((False, item))  # every later call raises too
@@ -96,7 +101,8 @@ class Prefetch:
 
   def close(self):
     self._stop.set()
-    self._thread.join()
+    if self._thread.is_alive():
+      self._thread.join()
 
   def __enter__(self):
     return self
