@@ -7,7 +7,9 @@ such as CIFAR the crop and flip move there too). Training batches stay in pixel 
 step mixes them, then normalises and erases (the source's `device_augment`), in the official
 loader's order. The order is a pure function of (seed, epoch): a resumed run sees the same
 batches, and each process reads its own shard.
-TensorFlow is imported only when a tf.data source is built.
+A small image folder is decoded once and held in memory (`ImageFolderSource`): its training
+images of one size are cropped, flipped and RandAugmented by one jitted function, without tf.data.
+TensorFlow is imported only when a tf.data pipeline is built.
 """
 
 import concurrent.futures
