@@ -125,6 +125,21 @@ def local_rows(global_batch: int) -> slice:
   return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
 
 
+def train_indices(num_examples: int, batch_size: int, seed: int,
+                  start_step: int) -> Iterator[Tuple[int, np.ndarray]]:
+  """(step, this process's rows of the global batch) from `start_step` on, forever: a permutation
+  per (seed, epoch); the last partial batch of an epoch is dropped."""
+  steps_per_epoch = num_examples // batch_size
+  rows = local_rows(batch_size)
+  step = start_step
+  while True:
+    epoch, offset = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    for offset in range(offset, steps_per_epoch):
+      yield step, order[offset * batch_size:(offset + 1) * batch_size][rows]
+      step += 1
+
+
 class InMemorySource:
   """Arrays held in host memory: images (N, H, W, C) float32 normalised, or a dict of input arrays
   by batch key (text: 'ids' and 'token_mask'); labels (N,) int32."""
@@ -141,24 +156,12 @@ class InMemorySource:
     self.normalization = {}  # how pixels in [0, 1] were normalised: set by the maker
     self.device_augment = None
 
-  def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(self.num_train)
-
   def train_batches(self, start_step: int, *, batch_size: int, seed: int,
                     sharding) -> Iterator[Batch]:
     """Global batches from `start_step` on, forever; the last partial batch of an epoch is dropped."""
-    steps_per_epoch = self.num_train // batch_size
-    rows = local_rows(batch_size)
-    step = start_step
-    while True:
-      epoch, offset = divmod(step, steps_per_epoch)
-      order = self.epoch_order(seed, epoch)
-      while offset < steps_per_epoch:
-        idx = order[offset * batch_size:(offset + 1) * batch_size][rows]
-        yield to_global({**{k: v[idx] for k, v in self.train_inputs.items()},
-                         'label': self.train_labels[idx]}, sharding)
-        offset += 1
-      step = (epoch + 1) * steps_per_epoch
+    for _, idx in train_indices(self.num_train, batch_size, seed, start_step):
+      yield to_global({**{k: v[idx] for k, v in self.train_inputs.items()},
+                       'label': self.train_labels[idx]}, sharding)
 
   def eval_batches(self, *, batch_size: int, sharding) -> Iterator[Batch]:
     """The whole eval split once; the last batch is padded and `mask` marks the real rows."""

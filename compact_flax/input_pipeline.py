@@ -160,7 +160,13 @@ class TFDataSource:
     part runs when it is not in the step)."""
     cpu = jax.devices('cpu')[0]
     fn = jax.jit(lambda x, k: augment.before_mix(x, k, self.aug, crop=crop).astype(jnp.uint8))
-    return lambda x, k: np.asarray(fn(jax.device_put(x, cpu), jax.device_put(k, cpu)))
+
+    def transform(images, key):
+      t = time.perf_counter()
+      out = np.asarray(fn(jax.device_put(images, cpu), jax.device_put(key, cpu)))
+      self.host_augment_seconds += time.perf_counter() - t
+      return out
+    return transform
 
   def _host_key(self, seed: int, step: int):
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), jax.process_index())
@@ -188,9 +194,7 @@ class TFDataSource:
       ds = ds.prefetch(tf.data.AUTOTUNE)
       for step, batch in enumerate(ds.as_numpy_iterator(), start=epoch * steps_per_epoch + offset):
         if self._host_transform is not None:
-          t = time.perf_counter()
           batch['image'] = self._host_transform(batch['image'], self._host_key(seed, step))
-          self.host_augment_seconds += time.perf_counter() - t
         yield data_lib.to_global(batch, sharding)
       epoch, offset = epoch + 1, 0
 
@@ -330,7 +334,7 @@ class ImageFolderSource(TFDataSource):
       decoded_bytes = sum(w * h * 3 for split in sizes for wh in sizes[split] if wh
                           for w, h in [wh])
       self.in_memory = decoded_bytes <= IN_MEMORY_BYTES
-      self.files, self.skipped, self.images = {}, {}, {}
+      self.files, self.skipped, decoded = {}, {}, {}
       for split, pairs in listed.items():
         if self.in_memory:
           images = list(pool.map(_decode_rgb, [p for p, _ in pairs]))
@@ -342,18 +346,17 @@ class ImageFolderSource(TFDataSource):
                       len(bad), bad[0])
         self.files[split] = [pair for pair, img in zip(pairs, images) if img is not None]
         self.skipped[split] = bad
-        self.images[split] = [img for img in images if img is not None] if self.in_memory else None
+        decoded[split] = [img for img in images if img is not None]
     self.splits = (train_split, eval_split)
     self._train_array = self._eval_array = None
     if self.in_memory:
-      train = self.images[train_split]
+      train = decoded[train_split]
       if train and len({img.shape for img in train}) == 1:
         self._train_array = np.stack(train)
       size = _size(aug)
       self._eval_array = np.stack([
           np.asarray(eval_resize_crop(Image.fromarray(img), size, aug.crop_pct, aug.interpolation))
-          for img in self.images[eval_split]]) if self.images[eval_split] else None
-    self.images = None  # the arrays above hold what is needed
+          for img in decoded[eval_split]]) if decoded[eval_split] else None
     # Training images of one size in memory: crop, flip and RandAugment in one jitted function
     # (on the host, or in the step with `aug.on_device`), without tf.data.
     super().__init__(os.path.basename(root.rstrip('/')), aug, len(classes), classes,
@@ -375,12 +378,7 @@ class ImageFolderSource(TFDataSource):
     tf = _tf()
     pairs = self.files[self.splits[0] if train else self.splits[1]]
     rows = slice(jax.process_index(), None, jax.process_count())
-    labels = [l for _, l in pairs][rows]
-    if train and self._train_array is not None:
-      ds = tf.data.Dataset.from_tensor_slices({'image': self._train_array[rows],
-                                              'label': np.asarray(labels, np.int32)})
-      return ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=False)
-    paths = [p for p, _ in pairs][rows]
+    paths, labels = [p for p, _ in pairs][rows], [l for _, l in pairs][rows]
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     if train:
       ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=False)
@@ -393,24 +391,12 @@ class ImageFolderSource(TFDataSource):
       yield from super().train_batches(start_step, batch_size=batch_size, seed=seed,
                                        sharding=sharding)
       return
-    local = batch_size // jax.process_count()
-    rows = slice(jax.process_index(), None, jax.process_count())
-    images = self._train_array[rows]
-    labels = np.asarray([l for _, l in self.files[self.splits[0]]], np.int32)[rows]
-    steps_per_epoch = self.num_train // batch_size
-    step = start_step
-    while True:
-      epoch = step // steps_per_epoch
-      order = np.random.default_rng([seed, epoch]).permutation(len(labels))
-      for step in range(step, (epoch + 1) * steps_per_epoch):
-        idx = order[(step % steps_per_epoch) * local:][:local]
-        batch = {'image': images[idx], 'label': labels[idx]}
-        if self._host_transform is not None:
-          t = time.perf_counter()
-          batch['image'] = self._host_transform(batch['image'], self._host_key(seed, step))
-          self.host_augment_seconds += time.perf_counter() - t
-        yield data_lib.to_global(batch, sharding)
-      step = (epoch + 1) * steps_per_epoch
+    labels = np.asarray([l for _, l in self.files[self.splits[0]]], np.int32)
+    for step, idx in data_lib.train_indices(self.num_train, batch_size, seed, start_step):
+      images = self._train_array[idx]
+      if self._host_transform is not None:
+        images = self._host_transform(images, self._host_key(seed, step))
+      yield data_lib.to_global({'image': images, 'label': labels[idx]}, sharding)
 
   def eval_batches(self, *, batch_size, sharding):
     if self._eval_array is None:
