@@ -18,9 +18,26 @@ CPU_DEVICES_PER_CORE = 8
 MIN_SPLIT_IMAGE_SIDE = 32  # smaller inputs (the 8x8 digits) train slower split: RESULTS.md
 
 
+# Set by `set_cpu_devices`: the split CPU has one more device, kept out of the mesh for host work.
+_spare_cpu_device = False
+
+
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """A one-axis ('data') mesh over `devices` (default: every device of every process)."""
-  return Mesh(np.asarray(jax.devices() if devices is None else devices), ('data',))
+  """A one-axis ('data') mesh over `devices` (default: every device of every process, but the
+  spare CPU device of a split CPU)."""
+  if devices is None:
+    devices = jax.devices()
+    if _spare_cpu_device and devices[0].platform == 'cpu':
+      devices = devices[:-1]
+  return Mesh(np.asarray(devices), ('data',))
+
+
+def host_device() -> jax.Device:
+  """The CPU device for host work such as the augmentation: on a split CPU the spare device, where
+  it runs beside the train steps instead of queueing behind them on a mesh device (XLA runs one
+  device's computations in order); else the first CPU device."""
+  cpus = jax.devices('cpu')
+  return cpus[-1] if _spare_cpu_device else cpus[0]
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -68,7 +85,8 @@ def _accelerator_present() -> bool:
 
 
 def set_cpu_devices(count: int, batch_size: int, eval_batch_size: Optional[int] = None) -> int:
-  """Splits the CPU into `count` XLA devices before JAX starts; -1: `cpu_device_count`.
+  """Splits the CPU into `count` XLA devices for the mesh, plus a spare one for host work
+  (`host_device`), before JAX starts; -1: `cpu_device_count`.
 
   -1 applies only where no GPU/TPU is present (or JAX_PLATFORMS=cpu); accelerator backends are
   never affected. Returns the count set; 0 when `count` is 0, when the user chose
@@ -82,8 +100,10 @@ def set_cpu_devices(count: int, batch_size: int, eval_batch_size: Optional[int] 
       return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     count = cpu_device_count(batch_size, eval_batch_size or batch_size, cores or 1)
+  global _spare_cpu_device
   try:
-    jax.config.update('jax_num_cpu_devices', count)
+    jax.config.update('jax_num_cpu_devices', count + 1)
   except RuntimeError:  # backends already initialised
     return 0
+  _spare_cpu_device = True
   return count

@@ -17,6 +17,7 @@ import difflib
 import logging
 import math
 import os
+import threading
 import time
 from typing import Iterator
 
@@ -27,6 +28,7 @@ from PIL import Image
 
 from compact_flax import augment
 from compact_flax import data as data_lib
+from compact_flax import devices
 from compact_flax import text_data
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,36 @@ def device_augment_for(aug, fixed_size: bool) -> augment.DeviceAugment:
                                crop=bool(aug.on_device and fixed_size))
 
 
+class HostAugment:
+  """`augment.before_mix` jitted for the host CPU, uint8 in and out: where the recipe's per-image
+  part runs when it is not in the step. `seconds` is the time spent in it."""
+
+  def __init__(self, aug, crop: bool):
+    self.cpu = devices.host_device()
+    self.fn = jax.jit(lambda x, k: augment.before_mix(x, k, aug, crop=crop).astype(jnp.uint8))
+    self.seconds = 0.0
+    self._compiling = None
+
+  def compile_in_background(self, shape):
+    """Compiles for uint8 batches of `shape` in a thread; the first call waits for it."""
+    images, key = np.zeros(shape, np.uint8), jax.random.key(0)
+    self._compiling = threading.Thread(
+        target=lambda: self._apply(images, key), daemon=True, name='compact_flax-compile-aug')
+    self._compiling.start()
+
+  def _apply(self, images, key):
+    return np.asarray(self.fn(jax.device_put(images, self.cpu), jax.device_put(key, self.cpu)))
+
+  def __call__(self, images, key):
+    if self._compiling is not None:
+      self._compiling.join()
+      self._compiling = None
+    t = time.perf_counter()
+    out = self._apply(images, key)
+    self.seconds += time.perf_counter() - t
+    return out
+
+
 class TFDataSource:
   """Common batching for TFDS splits and image folders; subclasses give `_dataset(split)`."""
 
@@ -151,22 +183,21 @@ class TFDataSource:
                           'crop_pct': aug.crop_pct, 'interpolation': aug.interpolation}
     self.device_augment = device_augment_for(aug, fixed_size)
     self._crop_in_step = self.device_augment.crop
-    self.host_augment_seconds = 0.0
-    self._host_transform = (self.host_transform(crop=False)
+    self._host_transform = (HostAugment(aug, crop=False)
                             if not aug.on_device and aug.auto_augment else None)
+    self._host_input_shape = self.image_shape  # one image as the host augmentation gets it
 
-  def host_transform(self, crop: bool):
-    """`augment.before_mix` jitted for the host CPU, uint8 in and out (where the recipe's per-image
-    part runs when it is not in the step)."""
-    cpu = jax.devices('cpu')[0]
-    fn = jax.jit(lambda x, k: augment.before_mix(x, k, self.aug, crop=crop).astype(jnp.uint8))
+  @property
+  def host_augment_seconds(self) -> float:
+    return self._host_transform.seconds if self._host_transform is not None else 0.0
 
-    def transform(images, key):
-      t = time.perf_counter()
-      out = np.asarray(fn(jax.device_put(images, cpu), jax.device_put(key, cpu)))
-      self.host_augment_seconds += time.perf_counter() - t
-      return out
-    return transform
+  def warm_up(self, batch_size: int):
+    """Starts compiling the host augmentation for training batches of `batch_size` (global) in
+    the background, so that the first batch does not wait for it after the train step's
+    compilation."""
+    if self._host_transform is not None:
+      self._host_transform.compile_in_background(
+          (batch_size // jax.process_count(),) + tuple(self._host_input_shape))
 
   def _host_key(self, seed: int, step: int):
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), jax.process_index())
@@ -363,7 +394,8 @@ class ImageFolderSource(TFDataSource):
                      len(self.files[train_split]), len(self.files[eval_split]),
                      fixed_size=self._train_array is not None)
     if self._train_array is not None:
-      self._host_transform = None if aug.on_device else self.host_transform(crop=True)
+      self._host_transform = None if aug.on_device else HostAugment(aug, crop=True)
+      self._host_input_shape = self._train_array.shape[1:]
 
   @staticmethod
   def _tf_decodes(path: str) -> bool:
@@ -409,7 +441,7 @@ class ImageFolderSource(TFDataSource):
     # Every process runs the same batches; the last is padded only to a multiple of this process's
     # devices (one more compile of the eval step, instead of up to a batch of padding each time).
     per_process = -(-self.num_eval // jax.process_count())
-    per_device = jax.local_device_count()
+    per_device = len(sharding.addressable_devices)
     mean = np.asarray(self.aug.mean, np.float32)
     std = np.asarray(self.aug.std, np.float32)
     for start in range(0, per_process, local):

@@ -311,6 +311,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   workdir_lib.check_path(workdir)
   with StopSignal(stop_event) as stop, workdir_lib.WorkdirLock(workdir):
     source = get_source(config)
+    if not config.eval_only and hasattr(source, 'warm_up'):
+      source.warm_up(config.batch_size)  # beside the start-up and the train step's compilation
     model, model_kwargs = build_model(config, source)
     epoch_steps = steps_per_epoch(config, source)
     total_steps = (config.num_epochs + config.cooldown_epochs) * epoch_steps

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from typing import Any, List, Mapping, Optional
 
@@ -97,6 +98,7 @@ class TrainCheckpoints:
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self.notes: List[str] = []
     self._writing: Optional[int] = None
+    self._emptying: Optional[threading.Thread] = None
     try:
       os.makedirs(self.directory, exist_ok=True)
     except OSError as e:
@@ -151,7 +153,7 @@ class TrainCheckpoints:
                               integrity=ocp.args.JsonSave({'state': checkpoint.fingerprint(state)}))
     self._writing = step
     self._guard(lambda: self.manager.save(step, args=args, metrics=metrics))
-    self._empty_trash()
+    self._empty_trash(background=True)
 
   def _guard(self, fn):
     """Runs an Orbax call; a full disk or a failed write becomes one line, minus its leftovers."""
@@ -176,11 +178,21 @@ class TrainCheckpoints:
     return (f'a relaunch resumes from step {max(done)}, the last complete checkpoint' if done
             else 'no checkpoint has been completed yet')
 
-  def _empty_trash(self):
+  def _empty_trash(self, background: bool = False):
+    """Removes the steps Orbax retired; `background`: in a thread, so saves do not wait for it."""
+    if self._emptying is not None:
+      self._emptying.join()
+      self._emptying = None
     trash = os.path.join(self.directory, TRASH)
-    if jax.process_index() == 0 and os.path.isdir(trash):
-      for name in os.listdir(trash):
-        shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
+    if jax.process_index() != 0 or not os.path.isdir(trash) or not os.listdir(trash):
+      return
+    remove = lambda: [shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
+                      for name in os.listdir(trash)]
+    if not background:
+      remove()
+      return
+    self._emptying = threading.Thread(target=remove, daemon=True, name='compact_flax-trash')
+    self._emptying.start()
 
   def _set_aside(self, step: int, problem: str):
     """Moves a damaged step to `checkpoints/damaged/` (process 0), and says so."""

@@ -144,8 +144,10 @@ def test_a_small_folder_is_held_in_memory(tmp_path, monkeypatch):
     np.testing.assert_array_equal(from_memory[k], from_disk[k], err_msg=k)
   # Training: cropped, flipped and RandAugmented to img_size without tf.data; each image once
   # per epoch; a resumed iterator gives the same batches.
+  memory.warm_up(batch_size=4)  # compiles the augmentation in the background; the batches reuse it
   train = memory.train_batches(0, batch_size=4, seed=5, sharding=sharding)
   batches = [next(train) for _ in range(8)]  # two epochs of 4 steps
+  assert memory._host_transform.fn._cache_size() == 1
   assert batches[0]['image'].shape == (4, 32, 32, 3) and batches[0]['image'].dtype == np.uint8
   labels = [np.asarray(b['label']) for b in batches]
   assert sorted(np.concatenate(labels[:4])) == sorted(np.concatenate(labels[4:]))

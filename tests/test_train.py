@@ -224,6 +224,25 @@ def test_set_cpu_devices_respects_the_user_and_a_started_jax(monkeypatch):
   assert devices.set_cpu_devices(0, 128) == 0
 
 
+def test_a_split_cpu_keeps_a_spare_device_out_of_the_mesh_for_the_host_augmentation():
+  code = '\n'.join([
+      'import jax',
+      'from compact_flax import devices, input_pipeline',
+      'from configs import cifar10_cct7',
+      'assert devices.set_cpu_devices(4, 128) == 4',
+      'mesh = devices.make_mesh()',
+      'assert mesh.size == 4 and len(jax.devices()) == 5, (mesh.size, jax.devices())',
+      'spare = devices.host_device()',
+      'assert spare not in set(mesh.devices.flat) and spare.platform == "cpu"',
+      'assert input_pipeline.HostAugment(cifar10_cct7.get_config().aug, crop=True).cpu == spare',
+  ])
+  env = _env()
+  del env['XLA_FLAGS']
+  run = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+
+
 def test_train_main_cpu_devices_flag_splits_the_host(tmp_path):
   env = _env()
   del env['XLA_FLAGS']
