@@ -184,10 +184,13 @@ class TrainCheckpoints:
       self._emptying.join()
       self._emptying = None
     trash = os.path.join(self.directory, TRASH)
-    if jax.process_index() != 0 or not os.path.isdir(trash) or not os.listdir(trash):
+    names = os.listdir(trash) if jax.process_index() == 0 and os.path.isdir(trash) else []
+    if not names:
       return
-    remove = lambda: [shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
-                      for name in os.listdir(trash)]
+
+    def remove():
+      for name in names:
+        shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
     if not background:
       remove()
       return
