@@ -21,6 +21,7 @@ import os
 import re
 import runpy
 import sys
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -42,7 +43,21 @@ flags.DEFINE_integer('cpu_devices', None, 'CPU-only hosts: data parallelism over
                      'devices; -1: one per 8 images of the batch (faster for 32x32 models, slower '
                      'for tiny ones: benchmarks/RESULTS.md); 0: JAX\'s default; unset: -1 for '
                      'images of at least 32x32, else 0.')
+flags.DEFINE_string('compilation_cache', None, 'Directory where XLA\'s compiled programs are kept '
+                    'between runs: a later run of the same model, batch, schedule and devices '
+                    '(another seed, a relaunch) starts without compiling. Unset: '
+                    '$JAX_COMPILATION_CACHE_DIR, else ~/.cache/compact_flax/xla; \'\': off.')
 FLAGS = flags.FLAGS
+
+
+def compilation_cache_dir(flag: Optional[str]) -> Optional[str]:
+  """Where XLA's persistent cache goes: the flag, JAX's own variable, or the user's cache folder."""
+  if flag is not None:
+    return os.path.expanduser(flag) or None
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return os.environ['JAX_COMPILATION_CACHE_DIR']
+  home = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(home, 'compact_flax', 'xla')
 
 
 def parse_flags(argv):
@@ -67,6 +82,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
+  jax.config.update('jax_compilation_cache_dir', compilation_cache_dir(FLAGS.compilation_cache))
   if FLAGS.coordinator_address or FLAGS.num_processes:
     # CPU processes exchange gradients over gloo (no effect on GPU or TPU).
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')

@@ -9,7 +9,9 @@ upsampled to 32x32 RGB PNGs in DIR/train/<class>/ and DIR/val/<class>/.
 
 Ours: `train_main.py --config=CONFIG --config.dataset=folder:DIR` with the config's recipe, the
 model, epochs, cooldown and seed given here, and otherwise the project's defaults, as a subprocess
-(start-up and compilation included in the wall clock).
+(start-up and compilation included in the wall clock). The trainer keeps compiled programs in a
+cache between runs (`--compilation_cache`), so a second run of the same shapes, e.g. another
+seed, skips most compilation; `--cold_cache` gives it an empty cache, as on a first run.
 
 `--peer`: the official trainer on the same folder and recipe: the official repository's
 `train.py` (timm 0.4.12's, with the official model code; `--peer_repo` is a checkout of
@@ -86,6 +88,8 @@ def run_ours(args) -> dict:
          f'--config.model={args.model}', f'--config.num_epochs={args.epochs}',
          f'--config.cooldown_epochs={args.cooldown}', f'--config.seed={args.seed}',
          *args.override]
+  if args.cold_cache:  # an empty compilation cache: everything compiles, as in a first run
+    cmd.append(f'--compilation_cache={tempfile.mkdtemp(prefix="e2e_xla_")}')
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   wall = time.perf_counter() - t0
@@ -97,7 +101,8 @@ def run_ours(args) -> dict:
   # Before the trainer's clock starts: Python, JAX and TensorFlow imports, flag parsing.
   phases['imports'] = round(wall - phases['total'], 2)
   return {'side': 'ours', 'wall_s': round(wall, 1), 'top1': rows[-1]['eval_top1'],
-          'epochs': args.epochs + args.cooldown, 'phases_s': phases, 'workdir': workdir}
+          'epochs': args.epochs + args.cooldown, 'phases_s': phases, 'workdir': workdir,
+          'compilation_cache': 'cold' if args.cold_cache else 'the trainer\'s default'}
 
 
 def run_peer(args) -> dict:
@@ -135,6 +140,8 @@ def main(argv=None):
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--override', action='append', default=[],
                       help='extra --config.x=y for ours (repeatable)')
+  parser.add_argument('--cold_cache', action='store_true',
+                      help='ours starts with an empty compilation cache (as a first run does)')
   parser.add_argument('--skip_ours', action='store_true')
   parser.add_argument('--peer', action='store_true', help='also run the official trainer')
   parser.add_argument('--peer_repo', help='checkout of SHI-Labs/Compact-Transformers')

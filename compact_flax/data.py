@@ -44,6 +44,10 @@ class Source(Protocol):
                     sharding) -> Iterator[Batch]:
     """'image' (text: 'ids' and 'token_mask') and 'label' from `start_step` on, forever."""
 
+  def train_batch_spec(self, batch_size: int) -> Dict[str, jax.ShapeDtypeStruct]:
+    """The global shape and dtype of each array of a training batch: the trainer compiles the
+    step for them before the first batch exists."""
+
   def eval_batches(self, *, batch_size: int, sharding) -> Iterator[Batch]:
     """'image', 'label' and 'mask' (False on padding rows) over the eval split, once."""
 
@@ -163,6 +167,11 @@ class InMemorySource:
       yield to_global({**{k: v[idx] for k, v in self.train_inputs.items()},
                        'label': self.train_labels[idx]}, sharding)
 
+  def train_batch_spec(self, batch_size: int) -> Dict[str, jax.ShapeDtypeStruct]:
+    arrays = {**self.train_inputs, 'label': self.train_labels}
+    return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype)
+            for k, v in arrays.items()}
+
   def eval_batches(self, *, batch_size: int, sharding) -> Iterator[Batch]:
     """The whole eval split once; the last batch is padded and `mask` marks the real rows."""
     rows = local_rows(batch_size)
@@ -222,6 +231,10 @@ class SyntheticSource:
     while True:
       yield make(jax.random.fold_in(jax.random.key(seed), step))
       step += 1
+
+  def train_batch_spec(self, batch_size):
+    return {'image': jax.ShapeDtypeStruct((batch_size,) + self.image_shape, jnp.float32),
+            'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
   def eval_batches(self, *, batch_size, sharding):
     make = self._make(batch_size, sharding, with_mask=True)

@@ -19,7 +19,7 @@ import math
 import os
 import threading
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -151,12 +151,13 @@ class HostAugment:
     self.seconds = 0.0
     self._compiling = None
 
-  def compile_in_background(self, shape):
+  def compile_in_background(self, shape) -> threading.Thread:
     """Compiles for uint8 batches of `shape` in a thread; the first call waits for it."""
     images, key = np.zeros(shape, np.uint8), jax.random.key(0)
     self._compiling = threading.Thread(
         target=lambda: self._apply(images, key), daemon=True, name='compact_flax-compile-aug')
     self._compiling.start()
+    return self._compiling
 
   def _apply(self, images, key):
     return np.asarray(self.fn(jax.device_put(images, self.cpu), jax.device_put(key, self.cpu)))
@@ -191,13 +192,20 @@ class TFDataSource:
   def host_augment_seconds(self) -> float:
     return self._host_transform.seconds if self._host_transform is not None else 0.0
 
-  def warm_up(self, batch_size: int):
+  def warm_up(self, batch_size: int) -> Optional[threading.Thread]:
     """Starts compiling the host augmentation for training batches of `batch_size` (global) in
     the background, so that the first batch does not wait for it after the train step's
-    compilation."""
-    if self._host_transform is not None:
-      self._host_transform.compile_in_background(
-          (batch_size // jax.process_count(),) + tuple(self._host_input_shape))
+    compilation. Returns the thread (None: nothing to compile)."""
+    if self._host_transform is None:
+      return None
+    return self._host_transform.compile_in_background(
+        (batch_size // jax.process_count(),) + tuple(self._host_input_shape))
+
+  def train_batch_spec(self, batch_size: int):
+    """uint8 pixels until the step mixes them: cropped to `image_shape` unless the step crops."""
+    image = self._host_input_shape if self._crop_in_step else self.image_shape
+    return {'image': jax.ShapeDtypeStruct((batch_size,) + tuple(image), jnp.uint8),
+            'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
   def _host_key(self, seed: int, step: int):
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), jax.process_index())

@@ -5,6 +5,7 @@ time: the same function, shardings and donation.
 """
 
 import functools
+import threading
 from typing import Any, Optional
 
 import flax.struct
@@ -170,6 +171,21 @@ def make_train_step(config, model, tx, mesh: Mesh, *, steps_per_epoch: int,
   replicated = devices.replicated(mesh)
   return jax.jit(step, in_shardings=(replicated, devices.batch_sharded(mesh), replicated),
                  out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def compile_ahead(jitted, *args) -> threading.Thread:
+  """Compiles `jitted` for `args` (arrays or `jax.ShapeDtypeStruct`s with shardings) in a thread,
+  beside whatever comes next: a call with arguments of those shapes, dtypes and shardings then
+  finds the program in jit's cache. Join the thread before that call, or it compiles twice. An
+  error here is left for that call to raise, with its real arguments."""
+  def compile_():
+    try:
+      jitted.lower(*args).compile()
+    except Exception:  # pylint: disable=broad-except
+      pass
+  thread = threading.Thread(target=compile_, daemon=True, name='compact_flax-compile-step')
+  thread.start()
+  return thread
 
 
 def make_eval_step(model, mesh: Mesh):

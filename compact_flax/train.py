@@ -134,10 +134,11 @@ def word_vector_params(config, model, vectors):
   return params
 
 
-def restore_or_init(config, model, tx, mesh, checkpoints, source=None) -> steps.TrainState:
+def restore_or_init(config, model, tx, mesh, checkpoints, source=None,
+                    state_spec=None) -> steps.TrainState:
   """The workdir's newest intact state if there is one, else step 0 (from `init_from` if set,
-  or with the source's pretrained word vectors)."""
-  state = checkpoints.restore_latest(steps.abstract_state(config, model, tx, mesh))
+  or with the source's pretrained word vectors). `state_spec`: `steps.abstract_state`'s."""
+  state = checkpoints.restore_latest(state_spec or steps.abstract_state(config, model, tx, mesh))
   for note in checkpoints.notes:
     _say(f'warning: {note}')
   if state is not None:
@@ -300,6 +301,19 @@ class StopSignal:
         multihost_utils.process_allgather(np.int32(self.event.is_set())).any())
 
 
+@contextlib.contextmanager
+def joined_on_exit():
+  """A list for background compilation threads, each joined before the block is left, however it
+  is left: a process that exits while XLA compiles in a daemon thread aborts."""
+  threads = []
+  try:
+    yield threads
+  finally:
+    for thread in threads:
+      if thread is not None:
+        thread.join()
+
+
 # --- The job -----------------------------------------------------------------------------------
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -309,10 +323,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = devices.make_mesh()
   check_config(config, mesh.size)
   workdir_lib.check_path(workdir)
-  with StopSignal(stop_event) as stop, workdir_lib.WorkdirLock(workdir):
+  with StopSignal(stop_event) as stop, workdir_lib.WorkdirLock(workdir), \
+      joined_on_exit() as compiling:
     source = get_source(config)
     if not config.eval_only and hasattr(source, 'warm_up'):
-      source.warm_up(config.batch_size)  # beside the start-up and the train step's compilation
+      # beside the start-up and the train step's compilation
+      compiling.append(source.warm_up(config.batch_size))
     model, model_kwargs = build_model(config, source)
     epoch_steps = steps_per_epoch(config, source)
     total_steps = (config.num_epochs + config.cooldown_epochs) * epoch_steps
@@ -324,7 +340,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoints = train_checkpoints.TrainCheckpoints(
         workdir, spec, keep=config.keep_checkpoints, async_save=config.checkpoint_async)
     with checkpoints:
-      state = restore_or_init(config, model, tx, mesh, checkpoints, source)
+      state_spec = steps.abstract_state(config, model, tx, mesh)
+      train_step = step_compiling = None
+      if not config.eval_only:
+        train_step = steps.make_train_step(config, model, tx, mesh, steps_per_epoch=epoch_steps,
+                                           device_augment=source.device_augment)
+        batch_spec = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=devices.batch_sharded(mesh)),
+            source.train_batch_spec(config.batch_size))
+        # The step compiles beside the initialisation (or restore) below.
+        step_compiling = steps.compile_ahead(train_step, state_spec, batch_spec,
+                                             jax.random.key(config.seed))
+        compiling.append(step_compiling)
+      state = restore_or_init(config, model, tx, mesh, checkpoints, source, state_spec)
       with workdir_lib.MetricsWriter(workdir, int(state.step)) as writer:
         evaluate = Evaluator(config, model, mesh, source, schedule, epoch_steps, writer)
         _say(f'{config.model}: {sum(x.size for x in jax.tree.leaves(state.params)):,} parameters; '
@@ -337,12 +365,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if stop.requested(sync_point=True):  # every process decides together
           _say('Stopped by signal before the first step; nothing new to save.')
           return {}
-        train_step = steps.make_train_step(config, model, tx, mesh, steps_per_epoch=epoch_steps,
-                                           device_augment=source.device_augment)
         times.seconds['start-up'] = time.perf_counter() - times.t0
         record = train_loop(config, state, train_step, source, mesh, evaluate, checkpoints, stop,
                             Progress(config, epoch_steps, total_steps, schedule,
-                                     checkpoints.latest_step, workdir), times)
+                                     checkpoints.latest_step, workdir), times,
+                            step_compiling)
       closing = time.perf_counter()  # leaving `checkpoints` waits for the last saves
     times.seconds['checkpoints'] += time.perf_counter() - closing
     times.report(workdir, source)
@@ -350,8 +377,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def train_loop(config, state, train_step, source, mesh, evaluate, checkpoints, stop,
-               progress, times: Optional[PhaseTimes] = None) -> Dict[str, Any]:
-  """Steps from `state.step` to the end: reports, evaluations, checkpoints, a clean stop."""
+               progress, times: Optional[PhaseTimes] = None,
+               compiling: Optional[threading.Thread] = None) -> Dict[str, Any]:
+  """Steps from `state.step` to the end: reports, evaluations, checkpoints, a clean stop.
+  `compiling`: `steps.compile_ahead`'s thread, joined before the first step."""
   times = times or PhaseTimes()
   rng, start, t_start, record = jax.random.key(config.seed), int(state.step), time.time(), {}
   epoch_steps, total_steps = progress.steps_per_epoch, progress.total_steps
@@ -362,8 +391,10 @@ def train_loop(config, state, train_step, source, mesh, evaluate, checkpoints, s
       with times('input'):
         batch = next(batches)
       with times('compile' if step == start else 'steps'):
+        if step == start and compiling is not None:
+          compiling.join()
         state, metrics = train_step(state, batch, rng)
-        if step == start:  # the first call compiles; its step is counted with it
+        if step == start:  # the first call compiles (or waits for it); its step is counted with it
           jax.block_until_ready(metrics['loss'])
       progress.add(metrics['loss'])
       done = step + 1

@@ -74,6 +74,10 @@ def _aug(**kw):
   return aug
 
 
+def _shapes(arrays):
+  return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in arrays.items()}
+
+
 def test_resumed_pipeline_sees_the_same_batches():
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ('data',)),
                                         jax.sharding.PartitionSpec('data'))
@@ -83,6 +87,7 @@ def test_resumed_pipeline_sees_the_same_batches():
     fresh = source.train_batches(0, batch_size=8, seed=3, sharding=sharding)
     batches = [next(fresh) for _ in range(7)]  # crosses an epoch boundary (5 steps/epoch)
     assert batches[0]['image'].dtype == np.uint8, 'pixel values until the step mixes them'
+    assert _shapes(source.train_batch_spec(8)) == _shapes(batches[0])  # the step compiled ahead
     resumed = source.train_batches(6, batch_size=8, seed=3, sharding=sharding)
     np.testing.assert_array_equal(next(resumed)['image'], batches[6]['image'])
     assert not np.array_equal(batches[0]['image'], batches[5]['image'])
@@ -128,6 +133,7 @@ def test_a_small_folder_is_held_in_memory(tmp_path, monkeypatch):
                                         jax.sharding.PartitionSpec('data'))
   aug = _aug()
   memory = input_pipeline.ImageFolderSource(str(tmp_path), aug)
+  on_device = input_pipeline.ImageFolderSource(str(tmp_path), _aug(on_device=True))
   monkeypatch.setattr(input_pipeline, 'IN_MEMORY_BYTES', 0)
   disk = input_pipeline.ImageFolderSource(str(tmp_path), aug)
   assert memory.in_memory and not disk.in_memory
@@ -149,6 +155,11 @@ def test_a_small_folder_is_held_in_memory(tmp_path, monkeypatch):
   batches = [next(train) for _ in range(8)]  # two epochs of 4 steps
   assert memory._host_transform.fn._cache_size() == 1
   assert batches[0]['image'].shape == (4, 32, 32, 3) and batches[0]['image'].dtype == np.uint8
+  assert _shapes(memory.train_batch_spec(4)) == _shapes(batches[0])
+  # With the augmentation in the step, the step crops: whole images until then.
+  batch = next(on_device.train_batches(0, batch_size=4, seed=5, sharding=sharding))
+  assert batch['image'].shape == (4, 36, 36, 3)
+  assert _shapes(on_device.train_batch_spec(4)) == _shapes(batch)
   labels = [np.asarray(b['label']) for b in batches]
   assert sorted(np.concatenate(labels[:4])) == sorted(np.concatenate(labels[4:]))
   assert memory.host_augment_seconds > 0

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -82,6 +83,23 @@ def test_digits_reaches_95_percent(tmp_path):
   config.model_kwargs.scan_layers = True
   scanned = train.train_and_evaluate(config, str(tmp_path / 'eval_scanned'))
   assert scanned['eval_top1'] == pytest.approx(record['eval_top1'])
+
+
+def test_compiled_programs_are_kept_for_the_next_run(tmp_path):
+  """By default in the user's cache folder; `--compilation_cache=''` nowhere."""
+  env = {k: v for k, v in _env().items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  env['XDG_CACHE_HOME'] = str(tmp_path / 'home_cache')
+  def run(name, *flags):
+    out = subprocess.run(_cmd(tmp_path / name, '--config.num_epochs=1', *flags), env=env,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+  def cached(folder):
+    return sorted(p.name.split('-')[0] for p in folder.glob('*')) if folder.is_dir() else []
+  run('default')
+  assert 'jit_train_step' in cached(tmp_path / 'home_cache' / 'compact_flax' / 'xla')
+  before = cached(tmp_path / 'home_cache' / 'compact_flax' / 'xla')
+  run('off', '--compilation_cache=', '--config.batch_size=32')  # new shapes: nothing kept
+  assert cached(tmp_path / 'home_cache' / 'compact_flax' / 'xla') == before
 
 
 def test_sigterm_and_relaunch_equals_uninterrupted(tmp_path):
@@ -310,12 +328,34 @@ def test_a_workdir_in_the_earlier_checkpoint_layout_loads_and_resumes(tmp_path):
   assert (root / 'last' / '22').is_dir(), 'the earlier checkpoints are left as they were'
 
 
+def assert_batch_matches_spec(source, batch_size: int, batch):
+  """`source.train_batch_spec`, which the step is compiled for ahead, is what it gives."""
+  spec = source.train_batch_spec(batch_size)
+  assert sorted(spec) == sorted(batch)
+  for k, v in batch.items():
+    assert (spec[k].shape, spec[k].dtype) == (v.shape, v.dtype), (k, spec[k], v.shape, v.dtype)
+
+
 def test_sources_declare_the_interface_and_the_config_is_saved(tmp_path):
-  for source in (input_pipeline.get_source('digits'), input_pipeline.get_source('synthetic')):
+  sharding = devices.batch_sharded(devices.make_mesh())
+  for name in ('digits', 'synthetic', 'synthetic_text'):
+    source = input_pipeline.get_source(name)
     assert isinstance(source, data.Source), type(source)
+    batch = next(source.train_batches(0, batch_size=8, seed=0, sharding=sharding))
+    assert_batch_matches_spec(source, 8, batch)
   config = digits_cct.get_config()
   config.num_epochs, config.warmup_epochs = 1, 0
-  train.train_and_evaluate(config, str(tmp_path))
+  compiled = []  # the threads that compiled the train step: one, ahead, beside the init
+  def listener(event, seconds, fun_name='', **kwargs):
+    del seconds, kwargs
+    if event == '/jax/core/compile/backend_compile_duration' and 'train_step' in fun_name:
+      compiled.append(threading.current_thread().name)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    train.train_and_evaluate(config, str(tmp_path))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiled == ['compact_flax-compile-step'], compiled
   saved = json.loads((tmp_path / 'config.json').read_text())
   assert saved['model'] == 'cct_2_3x2_32' and saved['num_epochs'] == 1
   assert saved == json.loads(json.dumps(config.to_dict()))
