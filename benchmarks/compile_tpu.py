@@ -68,7 +68,9 @@ GPUS = {
     'a100_80': (312e12, 2.039e12, 85198045184, 'a100_sxm_80.txtpb'),
     'a100_40': (312e12, 1.555e12, 42298834944, 'a100_sxm_40.txtpb'),
 }
-COST_MODEL_CHIP = 'v5e:1x1'  # where a GPU step's FLOPs and bytes are counted
+# Where a GPU step's FLOPs and bytes are counted: one v5e chip, or, for a step that needs more
+# than its 16 GiB, one v5p chip (95 GiB).
+COST_MODEL_CHIPS = ('v5e:1x1', 'v5p:1x1x1')
 GPU_SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gpu_specs')
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
@@ -157,7 +159,7 @@ def abstract_inputs(config, model, tx, mesh):
 
 def target_devices(topology: str):
   """The devices of a TPU topology, or the one device of a GPU target config."""
-  if topology == COST_MODEL_CHIP:  # one chip on its own host
+  if topology in COST_MODEL_CHIPS:  # one chip on its own host
     return topologies.get_topology_desc(topology_name=topology, platform='tpu',
                                         chips_per_host_bounds=[1, 1, 1]).devices, 'tpu'
   if topology not in GPUS:
@@ -278,11 +280,35 @@ def unrolled_costs(config, topology: str, kernel_platform=None):
                for one, two in [shallow] for i in (0, 1))
 
 
+def cost_pass(config, topology: str):
+  """(train costs, eval costs, HLO text of the heaviest ops or None, the chip that counted them).
+
+  A GPU step's come from the same step compiled for a TPU chip (XLA's GPU compiler has no cost
+  analysis): a v5e chip, or a v5p chip when the step outgrows the v5e's memory. A scanned
+  encoder's come from unscanned steps (`unrolled_costs`)."""
+  scanned = config.model_kwargs.get('scan_layers')
+  if topology not in GPUS:
+    if scanned:
+      return (*unrolled_costs(config, topology), None, topology)
+    return None, None, None, topology
+  for chip in COST_MODEL_CHIPS:
+    try:
+      if scanned:
+        return (*unrolled_costs(config, chip, 'gpu'), None, chip)
+      train_step, eval_step, *_ = compile_steps(config, chip, 'gpu')
+      return costs(train_step), costs(eval_step), train_step.as_text(), chip
+    except Exception as e:  # pylint: disable=broad-except
+      if 'RESOURCE_EXHAUSTED' not in str(e) or chip == COST_MODEL_CHIPS[-1]:
+        raise
+      print(f'  (the cost pass needs more than one {chip} chip holds: counting on '
+            f'{COST_MODEL_CHIPS[-1]})')
+
+
 def summarize(config, topology: str, compiled, compile_s: float, mesh, top: int,
-              cost=None, cost_hlo=None) -> Dict:
+              cost=None, cost_hlo=None, cost_chip=None) -> Dict:
   """The JSON record; `cost` (FLOPs, bytes) and `cost_hlo` (the text the heaviest ops come from)
-  when they are not the compiled step's own (a GPU step has none; a scanned one counts its loop
-  once)."""
+  when they are not the compiled step's own (a GPU step has none: `cost_chip` counted them; a
+  scanned one counts its loop once)."""
   peak, bandwidth, capacity = chip_figures(topology)
   cost = cost or costs(compiled)
   memory = compiled.memory_analysis()
@@ -305,7 +331,8 @@ def summarize(config, topology: str, compiled, compile_s: float, mesh, top: int,
       'aug_on_device': bool(config.aug.on_device),
       'heaviest_ops': heaviest_ops(cost_hlo or compiled.as_text(), top),
       'scan_layers': bool(config.model_kwargs.get('scan_layers')),
-      **({'kernels': kernel_census(compiled.as_text()), 'cost_model': 'tpu v5e (same step)',
+      **({'kernels': kernel_census(compiled.as_text()),
+          'cost_model': f'tpu {cost_chip} (same step)',
           'cublas_gemm_fallback': bool(GEMM_FALLBACKS)} if topology in GPUS else {}),
   }
 
@@ -380,19 +407,11 @@ def main(argv):
     return
   compiled_train, compiled_eval, _, mesh, compile_s = compile_steps(
       config, FLAGS.topology, fused_attention=FLAGS.fused_attention)
-  # XLA's GPU compiler gives no cost analysis: the TPU cost model's of the same step.
-  cost_topology, kernel_platform = ((COST_MODEL_CHIP, 'gpu') if FLAGS.topology in GPUS
-                                    else (FLAGS.topology, None))
-  cost_hlo = None
-  if config.model_kwargs.get('scan_layers'):
-    train_cost, eval_cost = unrolled_costs(config, cost_topology, kernel_platform)
-  elif FLAGS.topology in GPUS:
-    cost_train, cost_eval, *_ = compile_steps(config, cost_topology, kernel_platform)
-    train_cost, eval_cost, cost_hlo = costs(cost_train), costs(cost_eval), cost_train.as_text()
-  else:
+  train_cost, eval_cost, cost_hlo, cost_chip = cost_pass(config, FLAGS.topology)
+  if train_cost is None:  # a TPU step counts its own
     train_cost, eval_cost = costs(compiled_train), costs(compiled_eval)
   result = summarize(config, FLAGS.topology, compiled_train, compile_s, mesh, FLAGS.top,
-                     cost=train_cost, cost_hlo=cost_hlo)
+                     cost=train_cost, cost_hlo=cost_hlo, cost_chip=cost_chip)
   if FLAGS.dump_hlo:
     with open(FLAGS.dump_hlo, 'w') as f:
       f.write(compiled_train.as_text())
@@ -414,7 +433,7 @@ def main(argv):
     for step in ('kernels', 'eval_kernels'):
       print(f'  {step.replace("_", " ")}: ' + ', '.join(f'{k} {v}' for k, v in result[step].items()
                                                        if v))
-    print('  (FLOPs and bytes: the same step through the TPU cost model)')
+    print(f'  (FLOPs and bytes: the same step through the TPU cost model, on {cost_chip})')
   if result['scan_layers']:
     print('  (scanned encoder: FLOPs and bytes from unscanned 1- and 2-layer steps, extrapolated)')
   print('  heaviest ops by bytes touched:')

@@ -37,3 +37,24 @@ def test_the_train_step_compiles_for_a_two_host_slice():
   cost = step.lower(state, batch, rng).compile().cost_analysis()
   cpu_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
   assert 0.8 < result['flops_per_chip'] * result['chips'] / cpu_flops < 1.6, (result, cpu_flops)
+
+
+def test_a_gpu_step_too_big_for_a_v5e_chip_is_counted_on_a_v5p_chip(monkeypatch):
+  """XLA's GPU compiler gives no FLOPs or bytes: the same step compiled by the TPU cost model
+  gives them, on one v5e chip (16 GiB), or on one v5p chip when it needs more."""
+  real, chips = compile_tpu.compile_steps, []
+  def compile_steps(config, topology, kernel_platform=None, **kwargs):
+    chips.append(topology)
+    if topology == 'v5e:1x1':  # as XLA's TPU compiler says it for a step beyond the chip's HBM
+      raise RuntimeError('RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory '
+                         'in memory space hbm. Used 17.2G of 15.75G hbm. Exceeded hbm capacity.')
+    return real(config, topology, kernel_platform, **kwargs)
+  monkeypatch.setattr(compile_tpu, 'compile_steps', compile_steps)
+  train_cost, eval_cost, hlo, chip = compile_tpu.cost_pass(_config(), 'h100')
+  assert chips == ['v5e:1x1', 'v5p:1x1x1'] and chip == 'v5p:1x1x1'
+  assert train_cost['flops'] > eval_cost['flops'] > 0 and hlo
+  def other_error(*args, **kwargs):
+    raise RuntimeError('INVALID_ARGUMENT: something else')
+  monkeypatch.setattr(compile_tpu, 'compile_steps', other_error)
+  with pytest.raises(RuntimeError, match='something else'):
+    compile_tpu.cost_pass(_config(), 'h100')
