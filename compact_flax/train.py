@@ -138,7 +138,9 @@ def restore_or_init(config, model, tx, mesh, checkpoints, source=None,
                     state_spec=None) -> steps.TrainState:
   """The workdir's newest intact state if there is one, else step 0 (from `init_from` if set,
   or with the source's pretrained word vectors). `state_spec`: `steps.abstract_state`'s."""
-  state = checkpoints.restore_latest(state_spec or steps.abstract_state(config, model, tx, mesh))
+  if state_spec is None:
+    state_spec = steps.abstract_state(config, model, tx, mesh)
+  state = checkpoints.restore_latest(state_spec)
   for note in checkpoints.notes:
     _say(f'warning: {note}')
   if state is not None:

@@ -97,9 +97,8 @@ def test_compiled_programs_are_kept_for_the_next_run(tmp_path):
     return sorted(p.name.split('-')[0] for p in folder.glob('*')) if folder.is_dir() else []
   run('default')
   assert 'jit_train_step' in cached(tmp_path / 'home_cache' / 'compact_flax' / 'xla')
-  before = cached(tmp_path / 'home_cache' / 'compact_flax' / 'xla')
-  run('off', '--compilation_cache=', '--config.batch_size=32')  # new shapes: nothing kept
-  assert cached(tmp_path / 'home_cache' / 'compact_flax' / 'xla') == before
+  run('off', '--compilation_cache=', '--config.batch_size=32')  # new shapes, nothing kept
+  assert cached(tmp_path / 'home_cache' / 'compact_flax' / 'xla').count('jit_train_step') == 1
 
 
 def test_sigterm_and_relaunch_equals_uninterrupted(tmp_path):
