@@ -134,12 +134,10 @@ def word_vector_params(config, model, vectors):
   return params
 
 
-def restore_or_init(config, model, tx, mesh, checkpoints, source=None,
-                    state_spec=None) -> steps.TrainState:
-  """The workdir's newest intact state if there is one, else step 0 (from `init_from` if set,
-  or with the source's pretrained word vectors). `state_spec`: `steps.abstract_state`'s."""
-  if state_spec is None:
-    state_spec = steps.abstract_state(config, model, tx, mesh)
+def restore_or_init(config, model, tx, mesh, checkpoints, state_spec,
+                    source=None) -> steps.TrainState:
+  """The workdir's newest intact state (`state_spec`: `steps.abstract_state`'s) if there is one,
+  else step 0 (from `init_from` if set, or with the source's pretrained word vectors)."""
   state = checkpoints.restore_latest(state_spec)
   for note in checkpoints.notes:
     _say(f'warning: {note}')
@@ -354,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         step_compiling = steps.compile_ahead(train_step, state_spec, batch_spec,
                                              jax.random.key(config.seed))
         compiling.append(step_compiling)
-      state = restore_or_init(config, model, tx, mesh, checkpoints, source, state_spec)
+      state = restore_or_init(config, model, tx, mesh, checkpoints, state_spec, source)
       with workdir_lib.MetricsWriter(workdir, int(state.step)) as writer:
         evaluate = Evaluator(config, model, mesh, source, schedule, epoch_steps, writer)
         _say(f'{config.model}: {sum(x.size for x in jax.tree.leaves(state.params)):,} parameters; '
