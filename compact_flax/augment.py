@@ -82,17 +82,25 @@ def geometric_op(name: str, img, arg, fill, bicubic):
 
 
 def _gray(img):
-  return (img @ jnp.array([0.299, 0.587, 0.114]))[..., None]  # PIL's 'L' conversion
+  """PIL's 'L' conversion of an 8-bit RGB image, in its fixed-point arithmetic."""
+  rgb = img.astype(jnp.int32)
+  return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+          ).astype(img.dtype)[..., None]
 
 
 def _blend(degenerate, img, factor):
-  return jnp.clip(degenerate + factor * (img - degenerate), 0, 255)
+  """PIL's `Image.blend(degenerate, img, factor)` on 8-bit images: clipped, then truncated."""
+  return jnp.floor(jnp.clip(degenerate + factor * (img - degenerate), 0, 255))
 
 
 def _auto_contrast(img):
+  """PIL's ImageOps.autocontrast per channel: `int(x * scale + offset)`. PIL computes in float64,
+  which lands one below an exact integer for some (lo, hi, x); this float32 version can differ
+  there by one level."""
   lo, hi = img.min(axis=(0, 1)), img.max(axis=(0, 1))
-  scale = jnp.where(hi > lo, 255. / jnp.maximum(hi - lo, 1e-6), 1.)
-  return jnp.where(hi > lo, (img - lo) * scale, img)
+  scale = 255. / jnp.maximum(hi - lo, 1.)
+  stretched = jnp.clip(jnp.floor(img * scale - lo * scale), 0, 255)
+  return jnp.where(hi > lo, stretched, img)
 
 
 def _equalize(img):
@@ -148,7 +156,8 @@ PIXEL_OPS = {
     'SolarizeIncreasing': lambda x, m, s: _solarize(x, 256 - jnp.floor(m * 256)),
     'SolarizeAdd': lambda x, m, s: _solarize_add(x, jnp.floor(m * 110)),
     'ColorIncreasing': lambda x, m, s: _blend(_gray(x), x, 1 + s * .9 * m),
-    'ContrastIncreasing': lambda x, m, s: _blend(_gray(x).mean(), x, 1 + s * .9 * m),
+    'ContrastIncreasing': lambda x, m, s: _blend(jnp.floor(_gray(x).mean() + .5), x,
+                                                 1 + s * .9 * m),
     'BrightnessIncreasing': lambda x, m, s: _blend(0., x, 1 + s * .9 * m),
     'SharpnessIncreasing': lambda x, m, s: _sharpness(x, 1 + s * .9 * m),
 }
