@@ -7,8 +7,9 @@ such as CIFAR the crop and flip move there too). Training batches stay in pixel 
 step mixes them, then normalises and erases (the source's `device_augment`), in the official
 loader's order. The order is a pure function of (seed, epoch): a resumed run sees the same
 batches, and each process reads its own shard.
-A small image folder is decoded once and held in memory (`ImageFolderSource`): its training
-images of one size are cropped, flipped and RandAugmented by one jitted function, without tf.data.
+A small image folder is decoded once and held in memory (`ImageFolderSource`), without tf.data:
+training images of one size are cropped, flipped and RandAugmented by one jitted function; of
+several sizes, cropped and flipped through PIL first.
 TensorFlow is imported only when a tf.data pipeline is built.
 """
 
@@ -116,6 +117,33 @@ def eval_resize_crop(img, size, crop_pct: float, interpolation: str):
   width, height = img.size
   top, left = int(round((height - h) / 2.0)), int(round((width - w) / 2.0))
   return img.crop((left, top, left + w, top + h))
+
+
+def pil_random_resized_crop(img: np.ndarray, rng: np.random.Generator, aug) -> np.ndarray:
+  """torchvision's RandomResizedCrop (timm's parameters: 10 tries, then a centre crop) and flip,
+  through PIL as the official loader does, on a uint8 HWC image of any size."""
+  height, width = img.shape[:2]
+  log_r = (math.log(aug.ratio[0]), math.log(aug.ratio[1]))
+  for _ in range(10):
+    target = height * width * rng.uniform(*aug.scale)
+    aspect = math.exp(rng.uniform(*log_r))
+    w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+      break
+  else:
+    in_ratio = width / height
+    w = width if in_ratio <= aug.ratio[1] else int(round(height * aug.ratio[1]))
+    h = int(round(width / aug.ratio[0])) if in_ratio < aug.ratio[0] else height
+    top, left = (height - h) // 2, (width - w) // 2
+  method = aug.train_interpolation
+  if method == 'random':
+    method = 'bilinear' if rng.random() < 0.5 else 'bicubic'
+  size = _size(aug)
+  out = Image.fromarray(img).crop((left, top, left + w, top + h)).resize(
+      (size[1], size[0]), {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}[method])
+  out = np.asarray(out)
+  return out[:, ::-1] if rng.random() < aug.hflip else out
 
 
 def tf_eval_transform(image, aug):
@@ -387,17 +415,20 @@ class ImageFolderSource(TFDataSource):
         self.skipped[split] = bad
         decoded[split] = [img for img in images if img is not None]
     self.splits = (train_split, eval_split)
-    self._train_array = self._eval_array = None
+    self._train_array = self._eval_array = self._train_images = None
     if self.in_memory:
       train = decoded[train_split]
       if train and len({img.shape for img in train}) == 1:
         self._train_array = np.stack(train)
+      else:  # sizes differ: cropped to one size on the host (PIL), per batch
+        self._train_images = train
       size = _size(aug)
       self._eval_array = np.stack([
           np.asarray(eval_resize_crop(Image.fromarray(img), size, aug.crop_pct, aug.interpolation))
           for img in decoded[eval_split]]) if decoded[eval_split] else None
-    # Training images of one size in memory: crop, flip and RandAugment in one jitted function
-    # (on the host, or in the step with `aug.on_device`), without tf.data.
+    # Training images in memory: crop, flip and RandAugment without tf.data. Of one size, in one
+    # jitted function (on the host, or in the step with `aug.on_device`); of several, the crop
+    # and flip through PIL first.
     super().__init__(os.path.basename(root.rstrip('/')), aug, len(classes), classes,
                      len(self.files[train_split]), len(self.files[eval_split]),
                      fixed_size=self._train_array is not None)
@@ -427,13 +458,18 @@ class ImageFolderSource(TFDataSource):
     return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   def train_batches(self, start_step, *, batch_size, seed, sharding) -> Iterator:
-    if self._train_array is None:
+    if self._train_array is None and self._train_images is None:
       yield from super().train_batches(start_step, batch_size=batch_size, seed=seed,
                                        sharding=sharding)
       return
     labels = np.asarray([l for _, l in self.files[self.splits[0]]], np.int32)
     for step, idx in data_lib.train_indices(self.num_train, batch_size, seed, start_step):
-      images = self._train_array[idx]
+      if self._train_array is not None:
+        images = self._train_array[idx]
+      else:
+        rng = np.random.default_rng([seed, step, jax.process_index()])
+        images = np.stack([pil_random_resized_crop(self._train_images[i], rng, self.aug)
+                           for i in idx])
       if self._host_transform is not None:
         images = self._host_transform(images, self._host_key(seed, step))
       yield data_lib.to_global({'image': images, 'label': labels[idx]}, sharding)

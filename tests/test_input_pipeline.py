@@ -2,6 +2,7 @@
 
 import functools
 import importlib
+import itertools
 import pathlib
 
 import jax
@@ -167,6 +168,34 @@ def test_a_small_folder_is_held_in_memory(tmp_path, monkeypatch):
   for b in batches[5:]:
     again = next(resumed)
     np.testing.assert_array_equal(np.asarray(again['image']), np.asarray(b['image']))
+
+
+def test_a_small_folder_of_several_sizes_is_cropped_in_memory(tmp_path, monkeypatch):
+  rng = np.random.default_rng(2)
+  for split, n in (('train', 8), ('val', 2)):
+    for cls in ('a', 'b'):
+      (tmp_path / split / cls).mkdir(parents=True)
+      for i in range(n):
+        img = rng.integers(0, 255, (30 + 3 * i, 48 - 2 * i, 3), dtype=np.uint8)
+        (tmp_path / split / cls / f'{i}.png').write_bytes(tf.io.encode_png(img).numpy())
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ('data',)),
+                                        jax.sharding.PartitionSpec('data'))
+  source = input_pipeline.ImageFolderSource(str(tmp_path), _aug())
+  assert source.in_memory and source._train_images is not None
+  batches = list(itertools.islice(source.train_batches(0, batch_size=4, seed=5,
+                                                       sharding=sharding), 8))  # two epochs
+  assert _shapes(source.train_batch_spec(4)) == _shapes(batches[0])
+  assert batches[0]['image'].shape == (4, 32, 32, 3) and batches[0]['image'].dtype == np.uint8
+  labels = [np.asarray(b['label']) for b in batches]
+  assert sorted(np.concatenate(labels[:4])) == sorted(np.concatenate(labels[4:]))
+  assert not np.array_equal(np.asarray(batches[0]['image']), np.asarray(batches[4]['image']))
+  resumed = source.train_batches(5, batch_size=4, seed=5, sharding=sharding)
+  for b in batches[5:]:
+    np.testing.assert_array_equal(np.asarray(next(resumed)['image']), np.asarray(b['image']))
+  monkeypatch.setattr(input_pipeline, 'IN_MEMORY_BYTES', 0)  # the same folder streamed
+  disk = input_pipeline.ImageFolderSource(str(tmp_path), _aug())
+  streamed = next(disk.train_batches(0, batch_size=4, seed=5, sharding=sharding))
+  assert _shapes(streamed) == _shapes(batches[0])
 
 
 def test_unprepared_dataset_says_how_to_prepare(tmp_path):
