@@ -1,6 +1,7 @@
 """A whole training run on an image folder, on the clock: wall time, images/s end to end, top-1.
 
   python benchmarks/end_to_end.py --make_digits_folder /tmp/digits_png     # real data, no download
+  python benchmarks/end_to_end.py --make_digits_folder /tmp/digits_mixed --random_sizes 28 44
   python benchmarks/end_to_end.py --folder /tmp/digits_png --config configs/cifar10_cct7.py \
       --model cct_2_3x2_32 --epochs 60 --cooldown 5 --seed 0 [--peer --peer_repo DIR]
 
@@ -77,6 +78,22 @@ def make_digits_folder(root: str):
   return len(source.train_labels), len(source.eval_labels)
 
 
+def resize_at_random(root: str, low: int, high: int):
+  """Resizes every image of the folder (PIL bicubic) to a height and a width drawn from
+  [low, high], seeded: a folder of images of several sizes, as real folders are."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split in ('train', 'val'):
+    for cls in sorted(os.listdir(os.path.join(root, split))):
+      for name in sorted(os.listdir(os.path.join(root, split, cls))):
+        path = os.path.join(root, split, cls, name)
+        h, w = rng.integers(low, high + 1, 2)
+        with Image.open(path) as img:
+          resized = img.convert('RGB').resize((int(w), int(h)), Image.BICUBIC)
+        resized.save(path)
+
+
 def _count(folder: str) -> int:
   return sum(len(files) for _, _, files in os.walk(folder))
 
@@ -132,6 +149,9 @@ def run_peer(args) -> dict:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--make_digits_folder', help='write the digits PNG folders here and exit')
+  parser.add_argument('--random_sizes', type=int, nargs=2, metavar=('MIN', 'MAX'),
+                      help='with --make_digits_folder: each image resized to a random height and '
+                      'width in [MIN, MAX] px')
   parser.add_argument('--folder', help='image folder: train/<class>/* and val/<class>/*')
   parser.add_argument('--config', default=os.path.join(ROOT, 'configs', 'cifar10_cct7.py'))
   parser.add_argument('--model', default='cct_2_3x2_32')
@@ -151,6 +171,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.make_digits_folder:
     n_train, n_eval = make_digits_folder(args.make_digits_folder)
+    if args.random_sizes:
+      resize_at_random(args.make_digits_folder, *args.random_sizes)
     print(f'Wrote {n_train} train and {n_eval} eval PNGs under {args.make_digits_folder}.')
     return 0
   if not args.folder:
