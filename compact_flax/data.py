@@ -26,6 +26,10 @@ class Source(Protocol):
   Batches are global jax.Arrays sharded over the mesh (`sharding`); each process makes only its
   own rows. The training order is a pure function of (seed, step), so a resumed run sees the same
   batches.
+
+  Optional: `warm_up(batch_size) -> Optional[threading.Thread]`, which starts compiling the
+  source's host-side work in the background; the trainer calls it, where a source has it, before
+  the first batch (the image-folder and TFDS sources do).
   """
   name: str
   num_classes: int
