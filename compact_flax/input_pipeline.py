@@ -420,7 +420,7 @@ class ImageFolderSource(TFDataSource):
       train = decoded[train_split]
       if train and len({img.shape for img in train}) == 1:
         self._train_array = np.stack(train)
-      else:  # sizes differ: cropped to one size on the host (PIL), per batch
+      elif train:  # sizes differ: cropped to one size on the host (PIL), per batch
         self._train_images = train
       size = _size(aug)
       self._eval_array = np.stack([
