@@ -6,6 +6,8 @@
 PyTorch is needed only here, to read the `.pth` file (`pip install "compact-flax[convert]"`).
 """
 
+import argparse
+import contextlib
 import logging
 import os
 import re
@@ -82,15 +84,23 @@ def _load_failure(path: str, e: Exception) -> str:
   return f'{type(e).__name__}: {text.splitlines()[0] if text else "no details"}'
 
 
+def _timm_globals(torch):
+  """Lets the safe loader rebuild the `argparse.Namespace` timm saves as `args` (plain fields)."""
+  safe_globals = getattr(torch.serialization, 'safe_globals', None)  # PyTorch 2.5 and later
+  return safe_globals([argparse.Namespace]) if safe_globals else contextlib.nullcontext()
+
+
 def read_state_dict(path: str, *, use_ema: bool = False) -> Dict[str, np.ndarray]:
   """Reads an official `.pth` state dict or a timm training checkpoint into numpy arrays.
 
-  timm's `train.py` saves `{'state_dict': ..., 'state_dict_ema': ..., 'epoch': ...}`, with a
-  `module.` prefix when trained with DDP; `use_ema` picks the EMA weights.
+  timm's `train.py` saves `{'state_dict': ..., 'state_dict_ema': ..., 'optimizer': ...,
+  'args': Namespace(...), ...}`, with a `module.` prefix when trained with DDP; `use_ema` picks
+  the EMA weights.
   """
   torch = _import_torch()
   try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
+    with _timm_globals(torch):
+      obj = torch.load(path, map_location='cpu', weights_only=True)
   except FileNotFoundError:
     raise
   except Exception as e:  # pickle, zip and torch errors all mean the same to the user

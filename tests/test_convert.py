@@ -1,5 +1,6 @@
 """The PyTorch converter against the official-checkpoint fixtures."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -46,9 +47,14 @@ def test_timm_checkpoint_formats(fixtures_dir, tmp_path):
   path, x, ref = _fixture(fixtures_dir, 'cct_2_3x2_32')
   sd = torch.load(path, weights_only=True)
   ema = {k: v * 0.5 for k, v in sd.items()}
-  ckpt = {'epoch': 3, 'arch': 'cct_2_3x2_32',
+  # As timm's CheckpointSaver writes it: the run's argparse arguments and the optimizer come along.
+  ckpt = {'epoch': 3, 'arch': 'cct_2_3x2_32', 'version': 2, 'metric': 91.5,
           'state_dict': {'module.' + k: v for k, v in sd.items()},
-          'state_dict_ema': {'module.' + k: v for k, v in ema.items()}}
+          'state_dict_ema': {'module.' + k: v for k, v in ema.items()},
+          'optimizer': {'state': {0: {'step': torch.tensor(3.0), 'exp_avg': torch.zeros(2)}},
+                        'param_groups': [{'lr': 5e-4, 'betas': (0.9, 0.999), 'params': [0]}]},
+          'args': argparse.Namespace(model='cct_2_3x2_32', lr=5e-4, aa='rand-m9-mstd0.5-inc1',
+                                     mixup=0.8, epochs=300, input_size=None)}
   torch.save(ckpt, tmp_path / 'timm.pth.tar')
   model, variables = convert.load_torch_checkpoint(str(tmp_path / 'timm.pth.tar'), 'cct_2_3x2_32')
   assert _rel(model.apply(variables, x), ref) <= 1e-5

@@ -325,6 +325,10 @@ def test_a_damaged_zoo_cache_is_rebuilt(fixtures_dir, tmp_path, monkeypatch, cap
   np.testing.assert_allclose(model.apply(variables, x), ref, rtol=1e-5, atol=1e-5)
 
 
+class _Pickled:
+  """An arbitrary Python object in a checkpoint, which the safe loader must refuse."""
+
+
 def test_unreadable_pth_files_get_a_reason_and_no_unsafe_advice(tmp_path):
   torch = pytest.importorskip('torch')
   empty = tmp_path / 'empty.pth'
@@ -332,8 +336,7 @@ def test_unreadable_pth_files_get_a_reason_and_no_unsafe_advice(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match='the file is empty'):
     compact_flax.convert.read_state_dict(str(empty))
   unsafe = tmp_path / 'object.pth'
-  torch.save({'weights': torch.zeros(2), 'optimizer': torch.optim.SGD(
-      [torch.nn.Parameter(torch.zeros(1))], lr=0.1)}, unsafe)
+  torch.save({'weights': torch.zeros(2), 'hook': _Pickled()}, unsafe)
   with pytest.raises(checkpoint.CheckpointError) as info:
     compact_flax.convert.read_state_dict(str(unsafe))
   assert 'Python objects' in str(info.value) and 'weights_only' not in str(info.value)
