@@ -15,6 +15,7 @@ setup(
     py_modules=['train_main', 'convert_torch_weights'],
     install_requires=[
         'absl-py',
+        'filelock',  # JAX's size limit on the compilation cache
         'flax>=0.10',
         'jax>=0.5',
         'ml-collections',

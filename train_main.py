@@ -46,8 +46,11 @@ flags.DEFINE_integer('cpu_devices', None, 'CPU-only hosts: data parallelism over
 flags.DEFINE_string('compilation_cache', None, 'Directory where XLA\'s compiled programs are kept '
                     'between runs: a later run of the same model, batch, schedule and devices '
                     '(another seed, a relaunch) starts without compiling. Unset: '
-                    '$JAX_COMPILATION_CACHE_DIR, else ~/.cache/compact_flax/xla; \'\': off.')
+                    '$JAX_COMPILATION_CACHE_DIR, else ~/.cache/compact_flax/xla; \'\': off. It '
+                    'keeps at most 4 GiB (the least recently used go first) unless '
+                    '$JAX_COMPILATION_CACHE_MAX_SIZE (bytes; -1: no limit) says otherwise.')
 FLAGS = flags.FLAGS
+CACHE_MAX_BYTES = 4 << 30
 
 
 def compilation_cache_dir(flag: Optional[str]) -> Optional[str]:
@@ -58,6 +61,13 @@ def compilation_cache_dir(flag: Optional[str]) -> Optional[str]:
     return os.environ['JAX_COMPILATION_CACHE_DIR']
   home = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
   return os.path.join(home, 'compact_flax', 'xla')
+
+
+def configure_compilation_cache(flag: Optional[str]):
+  """Turns on XLA's persistent cache (`compilation_cache_dir`), bounded unless the user bounds it."""
+  jax.config.update('jax_compilation_cache_dir', compilation_cache_dir(flag))
+  if 'JAX_COMPILATION_CACHE_MAX_SIZE' not in os.environ:
+    jax.config.update('jax_compilation_cache_max_size', CACHE_MAX_BYTES)
 
 
 def parse_flags(argv):
@@ -82,7 +92,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  jax.config.update('jax_compilation_cache_dir', compilation_cache_dir(FLAGS.compilation_cache))
+  configure_compilation_cache(FLAGS.compilation_cache)
   if FLAGS.coordinator_address or FLAGS.num_processes:
     # CPU processes exchange gradients over gloo (no effect on GPU or TPU).
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')

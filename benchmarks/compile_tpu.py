@@ -82,6 +82,9 @@ flags.DEFINE_bool('fused_attention', True, "GPU: cuDNN's fused attention where i
 flags.DEFINE_bool('largest_batch', False, 'Search the largest train batch that fits the device '
                   "(by XLA's memory analysis) instead.")
 flags.DEFINE_integer('max_compiles', 8, 'With --largest_batch: how many batch sizes to compile.')
+flags.DEFINE_integer('upper_batch', 0, 'With --largest_batch: the second batch to compile (default '
+                     'twice the config\'s); a batch known not to fit narrows a search resumed '
+                     'from --config.batch_size.')
 flags.DEFINE_string('dump_hlo', '', 'Write the optimized HLO of the train step to this file.')
 FLAGS = flags.FLAGS
 
@@ -344,10 +347,11 @@ def hbm_bytes(compiled) -> int:
           - m.alias_size_in_bytes)
 
 
-def largest_batch(config, topology: str, multiple: int = 8, max_compiles: int = 8) -> Dict:
+def largest_batch(config, topology: str, multiple: int = 8, max_compiles: int = 8,
+                  upper: int = 0) -> Dict:
   """The largest train batch (a multiple of `multiple`) whose step fits the device by XLA's memory
-  analysis, within 5%: the recipe's batch and twice it give a slope to extrapolate from, then a
-  bisection between the largest batch that fitted and the smallest that did not."""
+  analysis, within 5%: the recipe's batch and twice it (or `upper`) give a slope to extrapolate
+  from, then a bisection between the largest batch that fitted and the smallest that did not."""
   capacity = chip_figures(topology)[2]
   tried = {}
 
@@ -361,7 +365,7 @@ def largest_batch(config, topology: str, multiple: int = 8, max_compiles: int = 
   round_down = lambda b: max(multiple, int(b) // multiple * multiple)
   b0 = config.batch_size
   need(b0)
-  need(2 * b0)
+  need(upper or 2 * b0)
   while len(tried) < max_compiles:
     fits = [b for b, m in tried.items() if m <= capacity]
     fails = [b for b, m in tried.items() if m > capacity]
@@ -396,7 +400,8 @@ def main(argv):
   with config.unlocked():
     config.name = os.path.splitext(os.path.basename(config_path[0]))[0] if config_path else ''
   if FLAGS.largest_batch:
-    result = largest_batch(config, FLAGS.topology, max_compiles=FLAGS.max_compiles)
+    result = largest_batch(config, FLAGS.topology, max_compiles=FLAGS.max_compiles,
+                           upper=FLAGS.upper_batch)
     print(f'{config.model} ({result["config"]}) on {FLAGS.topology}: the recipe batch '
           f'{result["recipe_batch"]} needs {result["recipe_batch_hbm_bytes"] / 2**30:.2f} GiB; the '
           f'largest batch found to fit is {result["largest_batch"]} '

@@ -94,11 +94,24 @@ def test_compiled_programs_are_kept_for_the_next_run(tmp_path):
                          capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
   def cached(folder):
-    return sorted(p.name.split('-')[0] for p in folder.glob('*')) if folder.is_dir() else []
+    return sorted(p.name.split('-')[0] for p in folder.glob('*-cache'))  # beside each: -atime
   run('default')
   assert 'jit_train_step' in cached(tmp_path / 'home_cache' / 'compact_flax' / 'xla')
   run('off', '--compilation_cache=', '--config.batch_size=32')  # new shapes, nothing kept
   assert cached(tmp_path / 'home_cache' / 'compact_flax' / 'xla').count('jit_train_step') == 1
+
+
+@pytest.mark.parametrize('user_limit', [None, '-1', '1000000'])
+def test_the_compilation_cache_is_bounded_unless_the_user_says(tmp_path, user_limit):
+  env = {k: v for k, v in _env().items() if k != 'JAX_COMPILATION_CACHE_MAX_SIZE'}
+  if user_limit is not None:
+    env['JAX_COMPILATION_CACHE_MAX_SIZE'] = user_limit
+  code = ('import jax, train_main; train_main.configure_compilation_cache(%r); '
+          'print(jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size)'
+          % str(tmp_path))
+  out = subprocess.run([sys.executable, '-c', code], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, check=True).stdout.split()
+  assert out == [str(tmp_path), user_limit or str(4 << 30)]
 
 
 def test_sigterm_and_relaunch_equals_uninterrupted(tmp_path):
