@@ -70,3 +70,23 @@ def test_a_gpu_step_too_big_for_a_v5e_chip_is_counted_on_a_v5p_chip(monkeypatch)
     compile_tpu.cost_pass(_config(), 'h100')
   # A TPU target counts its own step.
   assert compile_tpu.cost_pass(_config(), 'v5e:2x2') == (None, None, None, 'v5e:2x2')
+
+
+@pytest.mark.parametrize('start, upper', [(128, 0), (5840, 7048)])
+def test_the_largest_batch_search_brackets_the_limit_within_five_percent(monkeypatch, start, upper):
+  capacity = compile_tpu.GPUS['h100'][2]
+  need = lambda batch: 2e9 + 1.2e7 * batch + 40.0 * batch ** 2  # grows faster than linearly
+  true_max = max(b for b in range(8, 20000, 8) if need(b) <= capacity)
+  compiled = []
+  def fake_compile(config, topology, with_eval=True):
+    compiled.append(config.batch_size)
+    return (config.batch_size,)
+  monkeypatch.setattr(compile_tpu, 'compile_steps', fake_compile)
+  monkeypatch.setattr(compile_tpu, 'hbm_bytes', need)
+  config = _config()
+  config.batch_size = start
+  result = compile_tpu.largest_batch(config, 'h100', upper=upper)
+  assert compiled[:2] == [start, upper or 2 * start]
+  best, failing = result['largest_batch'], result['smallest_failing_batch']
+  assert best % 8 == 0 and need(best) <= capacity < need(failing)
+  assert failing - best <= max(8, best // 20) and best <= true_max < failing
