@@ -43,14 +43,15 @@ flags.DEFINE_integer('cpu_devices', None, 'CPU-only hosts: data parallelism over
                      'devices; -1: one per 8 images of the batch (faster for 32x32 models, slower '
                      'for tiny ones: benchmarks/RESULTS.md); 0: JAX\'s default; unset: -1 for '
                      'images of at least 32x32, else 0.')
+CACHE_MAX_BYTES = 4 << 30
 flags.DEFINE_string('compilation_cache', None, 'Directory where XLA\'s compiled programs are kept '
                     'between runs: a later run of the same model, batch, schedule and devices '
                     '(another seed, a relaunch) starts without compiling. Unset: '
                     '$JAX_COMPILATION_CACHE_DIR, else ~/.cache/compact_flax/xla; \'\': off. It '
-                    'keeps at most 4 GiB (the least recently used go first) unless '
-                    '$JAX_COMPILATION_CACHE_MAX_SIZE (bytes; -1: no limit) says otherwise.')
+                    f'keeps at most {CACHE_MAX_BYTES >> 30} GiB (the least recently used go '
+                    'first) unless $JAX_COMPILATION_CACHE_MAX_SIZE (bytes; -1: no limit) says '
+                    'otherwise.')
 FLAGS = flags.FLAGS
-CACHE_MAX_BYTES = 4 << 30
 
 
 def compilation_cache_dir(flag: Optional[str]) -> Optional[str]:
@@ -64,7 +65,7 @@ def compilation_cache_dir(flag: Optional[str]) -> Optional[str]:
 
 
 def configure_compilation_cache(flag: Optional[str]):
-  """Turns on XLA's persistent cache (`compilation_cache_dir`), bounded unless the user bounds it."""
+  """Turns on XLA's persistent cache (`compilation_cache_dir`) with a size bound the user can set."""
   jax.config.update('jax_compilation_cache_dir', compilation_cache_dir(flag))
   if 'JAX_COMPILATION_CACHE_MAX_SIZE' not in os.environ:
     jax.config.update('jax_compilation_cache_max_size', CACHE_MAX_BYTES)
