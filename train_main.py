@@ -65,7 +65,7 @@ def compilation_cache_dir(flag: Optional[str]) -> Optional[str]:
 
 
 def configure_compilation_cache(flag: Optional[str]):
-  """Turns on XLA's persistent cache (`compilation_cache_dir`) with a size bound the user can set."""
+  """Turns on XLA's persistent cache (`compilation_cache_dir`), size-bounded unless set."""
   jax.config.update('jax_compilation_cache_dir', compilation_cache_dir(flag))
   if 'JAX_COMPILATION_CACHE_MAX_SIZE' not in os.environ:
     jax.config.update('jax_compilation_cache_max_size', CACHE_MAX_BYTES)
