@@ -23,22 +23,24 @@ Triton, its own fusions). XLA gives no cost analysis for GPUs, so the FLOPs and 
 estimate come from the same step (GPU kernels) compiled for one TPU v5e chip.
 """
 
+import functools
 import json
 import os
 import re
 import sys
 import time
 from typing import Dict, List, Tuple
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.experimental import topologies
-import ml_collections
 from ml_collections import config_flags
 
 from compact_flax import data
@@ -268,36 +270,38 @@ def costs(compiled) -> Dict[str, float]:
   return {k: float(cost.get(k, 0.)) for k in ('flops', 'bytes accessed')}
 
 
-def unrolled_costs(config, topology: str, kernel_platform=None):
-  """(train, eval) costs of a scanned encoder's step as if unrolled: XLA's cost analysis counts a
-  loop body once, so they come from the same step with one and with two layers, not scanned:
-  c1 + (L - 1) (c2 - c1), every layer doing the same work."""
+def scanned_costs(config, topology: str, kernel_platform=None, compiled=None):
+  """(train, eval) costs of a scanned encoder's step, every iteration counted: XLA's cost analysis
+  counts a loop body once, so the same scanned step is compiled again with `u` layers per
+  iteration (`nn.scan(..., unroll=u)`, u the smallest divisor of the depth L above 1); one
+  layer's loop iteration then costs (c_u - c_1) / (u - 1) and the step c_1 + (L - 1) times that.
+  `compiled`: the (train, eval) steps already compiled with u = 1."""
   depth = models.create_model(config.model, **validation.model_kwargs(config)).num_layers
-  shallow = []
-  for layers in (1, 2):
-    c = ml_collections.ConfigDict(config.to_dict())
-    c.model_kwargs.num_layers, c.model_kwargs.scan_layers = layers, False
-    train_step, eval_step, *_ = compile_steps(c, topology, kernel_platform)
-    shallow.append((costs(train_step), costs(eval_step)))
-  return tuple({k: one[i][k] + (depth - 1) * (two[i][k] - one[i][k]) for k in one[i]}
-               for one, two in [shallow] for i in (0, 1))
+  u = next((d for d in range(2, depth + 1) if depth % d == 0), 1)
+  one = compiled or compile_steps(config, topology, kernel_platform)[:2]
+  if u == 1:
+    return tuple(costs(step) for step in one)
+  with mock.patch.object(nn, 'scan', functools.partial(nn.scan, unroll=u)):
+    unrolled = compile_steps(config, topology, kernel_platform)[:2]
+  return tuple({k: c1[k] + (depth - 1) * (cu[k] - c1[k]) / (u - 1) for k in c1}
+               for c1, cu in ((costs(a), costs(b)) for a, b in zip(one, unrolled)))
 
 
-def cost_pass(config, topology: str):
+def cost_pass(config, topology: str, compiled=None):
   """(train costs, eval costs, HLO text of the heaviest ops or None, the chip that counted them).
 
   A GPU step's come from the same step compiled for a TPU chip (XLA's GPU compiler has no cost
   analysis): a v5e chip, or a v5p chip when the step outgrows the v5e's memory. A scanned
-  encoder's come from unscanned steps (`unrolled_costs`)."""
+  encoder's count every loop iteration (`scanned_costs`; `compiled`: a TPU target's steps)."""
   scanned = config.model_kwargs.get('scan_layers')
   if topology not in GPUS:
     if scanned:
-      return (*unrolled_costs(config, topology), None, topology)
+      return (*scanned_costs(config, topology, compiled=compiled), None, topology)
     return None, None, None, topology
   for chip in COST_MODEL_CHIPS:
     try:
       if scanned:
-        return (*unrolled_costs(config, chip, 'gpu'), None, chip)
+        return (*scanned_costs(config, chip, 'gpu'), None, chip)
       train_step, eval_step, *_ = compile_steps(config, chip, 'gpu')
       return costs(train_step), costs(eval_step), train_step.as_text(), chip
     except Exception as e:  # pylint: disable=broad-except
@@ -412,7 +416,8 @@ def main(argv):
     return
   compiled_train, compiled_eval, _, mesh, compile_s = compile_steps(
       config, FLAGS.topology, fused_attention=FLAGS.fused_attention)
-  train_cost, eval_cost, cost_hlo, cost_chip = cost_pass(config, FLAGS.topology)
+  train_cost, eval_cost, cost_hlo, cost_chip = cost_pass(config, FLAGS.topology,
+                                                          (compiled_train, compiled_eval))
   if train_cost is None:  # a TPU step counts its own
     train_cost, eval_cost = costs(compiled_train), costs(compiled_eval)
   result = summarize(config, FLAGS.topology, compiled_train, compile_s, mesh, FLAGS.top,
@@ -440,7 +445,8 @@ def main(argv):
                                                        if v))
     print(f'  (FLOPs and bytes: the same step through the TPU cost model, on {cost_chip})')
   if result['scan_layers']:
-    print('  (scanned encoder: FLOPs and bytes from unscanned 1- and 2-layer steps, extrapolated)')
+    print('  (scanned encoder: FLOPs and bytes of every loop iteration, from the same step compiled '
+          'again with more layers per iteration)')
   print('  heaviest ops by bytes touched:')
   for op in result['heaviest_ops']:
     print(f'    {op["bytes"] / 1e6:10.1f} MB  {op["op"]:<28} {op["from"]}')

@@ -11,6 +11,8 @@ per backend at trace time:
   - `token_wise`: a Dense over (batch, tokens, dim) as one 2-D matmul on CPU.
   - `materialize_on_cpu`: stops XLA's CPU backend recomputing the first pool in a transposed
     copy; elsewhere the identity.
+  - `recompute_on_tpu`: on TPU, the training step recomputes attention weights and the MLP's GELU
+    in the backward pass instead of keeping them, which moves fewer bytes through HBM.
 
 Every path computes the same values; `tests/test_models.py` checks logits and gradients of the
 CPU and generic paths against each other. The backend is `jax.default_backend()` unless
@@ -59,6 +61,15 @@ def fused_attention() -> bool:
 def on_cpu() -> bool:
   """Whether the model is being traced for XLA's CPU backend."""
   return platform() == 'cpu'
+
+
+def recompute_on_tpu(fn):
+  """`fn` under `jax.checkpoint` (nothing saved, recomputed in the backward pass) when traced for
+  TPU, else `fn`: XLA's TPU cost model shows the train step moving fewer bytes that way
+  (benchmarks/RESULTS.md). Elsewhere it is not measured to help, and on CPU it would cost time."""
+  if platform() != 'tpu':
+    return fn
+  return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -39,6 +39,23 @@ def check_positional_embedding(kind: str):
     raise ValueError(f"Unknown positional embedding '{kind}'; expected one of {POSITIONAL_EMBEDDINGS}.")
 
 
+def softmax_attention(q, k, v, mask=None, dropout_rate: float = 0.0, dropout_rng=None):
+  """Attention over (batch, tokens, heads, head_dim) inputs; returns the output in that layout and
+  the weights (batch, heads, query, key). Softmax in float32; `dropout_rng` given: dropout on the
+  weights as `nn.Dropout` draws it. A pure function, so that a training step can recompute it."""
+  logits = (jnp.einsum('bqhd,bkhd->bhqk', q, k) * q.shape[-1]**-0.5).astype(jnp.float32)
+  if mask is not None:  # a finite fill, as the official code: fully masked rows stay finite
+    pair = mask[:, None, :, None] & mask[:, None, None, :]
+    logits = jnp.where(pair, logits, -jnp.finfo(jnp.float32).max)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  probs = weights
+  if dropout_rng is not None and dropout_rate > 0.0:
+    keep = 1.0 - dropout_rate
+    drop = jax.random.bernoulli(dropout_rng, keep, probs.shape)
+    probs = jax.lax.select(drop, probs / keep, jnp.zeros_like(probs))
+  return jnp.einsum('bhqk,bkhd->bqhd', probs, v), weights
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused, bias-free `qkv` projection (timm layout)."""
   num_heads: int
@@ -67,19 +84,17 @@ class Attention(nn.Module):
     qkv = token_wise(dense(3 * c, 'qkv', use_bias=False), x)
     # Output channels are laid out [3][heads][head_dim], as the checkpoints store them.
     q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, head_dim), 2, 0)
+    rng = self.make_rng('dropout') if train and self.attention_dropout > 0 else None
     if self._fused(mask, v.dtype, train):
-      x = jax.nn.dot_product_attention(q, k, v, implementation='cudnn').reshape(b, n, c)
-      x = token_wise(dense(c, 'proj'), x)
-      return nn.Dropout(self.projection_dropout, name='proj_drop')(x, deterministic=not train)
-    logits = (jnp.einsum('bqhd,bkhd->bhqk', q, k) * head_dim**-0.5).astype(jnp.float32)
-    if mask is not None:  # a finite fill, as the official code: fully masked rows stay finite
-      pair = mask[:, None, :, None] & mask[:, None, None, :]
-      logits = jnp.where(pair, logits, -jnp.finfo(jnp.float32).max)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    self.sow('intermediates', 'attention_weights', probs)  # (batch, heads, query, key)
-    probs = nn.Dropout(self.attention_dropout, name='attn_drop')(probs, deterministic=not train)
-    x = jnp.einsum('bhqk,bkhd->bqhd', probs, v).reshape(b, n, c)
-    x = token_wise(dense(c, 'proj'), x)
+      x = jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+    elif self.is_mutable_collection('intermediates'):
+      x, weights = softmax_attention(q, k, v, mask, self.attention_dropout, rng)
+      self.sow('intermediates', 'attention_weights', weights)  # (batch, heads, query, key)
+    else:
+      attend = lambda q, k, v, mask, rng: softmax_attention(
+          q, k, v, mask, self.attention_dropout, rng)[0]
+      x = (kernels.recompute_on_tpu(attend) if train else attend)(q, k, v, mask, rng)
+    x = token_wise(dense(c, 'proj'), x.reshape(b, n, c))
     return nn.Dropout(self.projection_dropout, name='proj_drop')(x, deterministic=not train)
 
 
@@ -131,7 +146,9 @@ class TransformerEncoderLayer(nn.Module):
                      param_dtype=self.param_dtype, name='self_attn')
     y = attn(norm('pre_norm')(x), mask, train=train)
     x = norm('norm1')(x + drop_path(y, deterministic=not train))
-    y = nn.gelu(token_wise(dense(self.mlp_dim, 'linear1'), x), approximate=False)
+    gelu = functools.partial(nn.gelu, approximate=False)
+    y = (kernels.recompute_on_tpu(gelu) if train else gelu)(
+        token_wise(dense(self.mlp_dim, 'linear1'), x))
     y = token_wise(dense(d, 'linear2'), dropout('dropout1')(y, deterministic=not train))
     y = dropout('dropout2')(y, deterministic=not train)
     return x + drop_path(y, deterministic=not train)

@@ -1,7 +1,12 @@
 """The real train step compiled for a TPU slice without TPUs (XLA's TPU compiler, libtpu)."""
 
+import os
+
 import jax
 import pytest
+
+# Two test processes compiling for TPU topologies at once: libtpu's lockfile would stop the second.
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
 pytest.importorskip('libtpu', reason='needs XLA\'s TPU compiler: pip install "compact-flax[tpu]"')
 
@@ -90,3 +95,19 @@ def test_the_largest_batch_search_brackets_the_limit_within_five_percent(monkeyp
   best, failing = result['largest_batch'], result['smallest_failing_batch']
   assert best % 8 == 0 and need(best) <= capacity < need(failing)
   assert failing - best <= max(8, best // 20) and best <= true_max < failing
+
+
+def test_a_scanned_encoder_is_counted_layer_by_layer():
+  """XLA counts a loop body once; the tool counts every iteration of the scanned encoder, so the
+  scanned step does the unrolled step's FLOPs and moves at least about its bytes."""
+  config = _config()
+  config.model = 'cct_4_3x2_32'
+  unrolled = compile_tpu.costs(compile_tpu.compile_steps(config, 'v4:2x2x2', with_eval=False)[0])
+  config.model_kwargs.scan_layers = True
+  compiled = compile_tpu.compile_steps(config, 'v4:2x2x2')[:2]
+  once = compile_tpu.costs(compiled[0])
+  scanned, _ = compile_tpu.scanned_costs(config, 'v4:2x2x2', compiled=compiled)
+  assert once['flops'] < 0.75 * unrolled['flops']  # the loop of four layers counted as one
+  assert abs(scanned['flops'] / unrolled['flops'] - 1) < 0.05, (scanned, unrolled)
+  assert scanned['bytes accessed'] > max(once['bytes accessed'],
+                                         0.9 * unrolled['bytes accessed']), (scanned, unrolled)
