@@ -173,7 +173,8 @@ class TransformerClassifier(nn.Module):
   sequence_length: Optional[int] = None  # tokens from the tokenizer (no class token): the PE's size
   mask_pooling: bool = True
   # One encoder layer under nn.scan, its weights stacked on a leading axis ('blocks' instead of
-  # 'blocks_0', 'blocks_1', ...): the same function, compiled once instead of once per layer.
+  # 'blocks_0', 'blocks_1', ...): the same function, compiled once instead of once per layer,
+  # though the loop moves more bytes per training step (benchmarks/RESULTS.md, TPU slices).
   # Checkpoints load into either layout (merge.match_layer_layout).
   scan_layers: bool = False
   dropout: float = 0.0
