@@ -137,6 +137,24 @@ def test_crop_flip_and_rand_augment_draw_like_timms_transform():
     assert abs(mine.mean() - theirs.mean()) <= 4 * se + 1e-6, (key, mine.mean(), theirs.mean(), se)
 
 
+def test_the_host_crop_of_mixed_size_images_draws_like_timms_transform():
+  """A folder of images of several sizes: the crop and flip through PIL, then RandAugment, as the
+  host pipeline runs them, against timm's transform on the same images (within four standard
+  errors of the difference, as above)."""
+  images = inputs.mixed_size_digit_images(inputs.RECIPE_IMAGES)
+  aug = common.get_config().aug
+  rng = np.random.default_rng(0)
+  rand_augment = jax.jit(lambda x, k: augment.before_mix(x, k, aug, crop=False))
+  ours = np.stack([np.asarray(rand_augment(
+      np.stack([input_pipeline.pil_random_resized_crop(img, rng, aug) for img in images]),
+      jax.random.key(draw))) for draw in range(inputs.RECIPE_DRAWS)], axis=1)
+  reference = inputs.mixed_size_reference(images)
+  for key, mine in inputs.output_statistics(ours, reference).items():
+    theirs = REFERENCE[f'recipe_mixed/{key}']
+    se = np.sqrt(mine.var() / mine.size + theirs.var() / theirs.size)
+    assert abs(mine.mean() - theirs.mean()) <= 4 * se + 1e-6, (key, mine.mean(), theirs.mean(), se)
+
+
 @pytest.mark.parametrize('case', range(len(inputs.EVAL_CASES)))
 def test_eval_resize_and_crop_are_torchvisions(case):
   h, w, size, crop_pct = inputs.EVAL_CASES[case]
