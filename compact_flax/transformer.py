@@ -49,7 +49,9 @@ def softmax_attention(q, k, v, mask=None, dropout_rate: float = 0.0, dropout_rng
     logits = jnp.where(pair, logits, -jnp.finfo(jnp.float32).max)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   probs = weights
-  if dropout_rng is not None and dropout_rate > 0.0:
+  if dropout_rng is not None and dropout_rate >= 1.0:  # as nn.Dropout: no 0/0 in the gradient
+    probs = jnp.zeros_like(probs)
+  elif dropout_rng is not None and dropout_rate > 0.0:
     keep = 1.0 - dropout_rate
     drop = jax.random.bernoulli(dropout_rng, keep, probs.shape)
     probs = jax.lax.select(drop, probs / keep, jnp.zeros_like(probs))

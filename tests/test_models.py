@@ -285,3 +285,16 @@ def test_tpu_training_recomputes_attention_and_gelu_to_the_same_values():
   assert 'optimization_barrier' not in plain_text
   assert tpu_text.count('optimization_barrier') >= 2 * model.num_layers
   chex.assert_trees_all_close(tpu_out, plain_out, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('rate', [0.0, 0.5, 1.0])
+def test_attention_dropout_is_nn_dropouts_at_every_rate(rate):
+  """`softmax_attention`'s dropout is `nn.Dropout`'s arithmetic, including its 1.0 edge case (all
+  dropped, finite gradients)."""
+  q = jax.random.normal(jax.random.key(0), (2, 5, 2, 8))
+  key = jax.random.key(1)
+  out, weights = transformer.softmax_attention(q, q, q, dropout_rate=rate, dropout_rng=key)
+  dropped = nn.Dropout(rate).apply({}, weights, deterministic=False, rng=key)
+  np.testing.assert_allclose(out, jnp.einsum('bhqk,bkhd->bqhd', dropped, q), rtol=1e-5, atol=1e-6)
+  grad = jax.grad(lambda q: transformer.softmax_attention(q, q, q, None, rate, key)[0].sum())(q)
+  assert np.isfinite(np.asarray(grad)).all()
