@@ -41,20 +41,15 @@ def check_positional_embedding(kind: str):
 
 def softmax_attention(q, k, v, mask=None, dropout_rate: float = 0.0, dropout_rng=None):
   """Attention over (batch, tokens, heads, head_dim) inputs; returns the output in that layout and
-  the weights (batch, heads, query, key). Softmax in float32; `dropout_rng` given: dropout on the
-  weights as `nn.Dropout` draws it. A pure function, so that a training step can recompute it."""
+  the weights (batch, heads, query, key). Softmax in float32; `dropout_rng` given: `nn.Dropout` on
+  the weights. A pure function, so that a training step can recompute it."""
   logits = (jnp.einsum('bqhd,bkhd->bhqk', q, k) * q.shape[-1]**-0.5).astype(jnp.float32)
   if mask is not None:  # a finite fill, as the official code: fully masked rows stay finite
     pair = mask[:, None, :, None] & mask[:, None, None, :]
     logits = jnp.where(pair, logits, -jnp.finfo(jnp.float32).max)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  probs = weights
-  if dropout_rng is not None and dropout_rate >= 1.0:  # as nn.Dropout: no 0/0 in the gradient
-    probs = jnp.zeros_like(probs)
-  elif dropout_rng is not None and dropout_rate > 0.0:
-    keep = 1.0 - dropout_rate
-    drop = jax.random.bernoulli(dropout_rng, keep, probs.shape)
-    probs = jax.lax.select(drop, probs / keep, jnp.zeros_like(probs))
+  probs = nn.Dropout(dropout_rate).apply({}, weights, deterministic=dropout_rng is None,
+                                         rng=dropout_rng)
   return jnp.einsum('bhqk,bkhd->bqhd', probs, v), weights
 
 

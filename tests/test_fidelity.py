@@ -121,6 +121,15 @@ def test_rand_augment_colour_ops_are_pils():
                                                                (diff > 0).mean())
 
 
+def _assert_draws_like_timms(ours, reference, prefix: str):
+  """Every `output_statistics` mean of `ours` within four standard errors of the difference of
+  timm's recorded under `prefix`."""
+  for key, mine in inputs.output_statistics(ours, reference).items():
+    theirs = REFERENCE[f'{prefix}/{key}']
+    se = np.sqrt(mine.var() / mine.size + theirs.var() / theirs.size)
+    assert abs(mine.mean() - theirs.mean()) <= 4 * se + 1e-6, (key, mine.mean(), theirs.mean(), se)
+
+
 def test_crop_flip_and_rand_augment_draw_like_timms_transform():
   """The recipe's per-image stage (crop, flip, RandAugment, jitted as the host or the step runs
   it) against timm's transform on the same digit images: every statistic's mean agrees within
@@ -131,10 +140,7 @@ def test_crop_flip_and_rand_augment_draw_like_timms_transform():
   ours = jax.jit(lambda x, k: augment.before_mix(x, k, aug, crop=True))(batch, jax.random.key(0))
   ours = np.asarray(ours).reshape((len(images), inputs.RECIPE_DRAWS) + images.shape[1:])
   assert (ours == np.round(ours)).all()
-  for key, mine in inputs.output_statistics(ours, images).items():
-    theirs = REFERENCE[f'recipe/{key}']
-    se = np.sqrt(mine.var() / mine.size + theirs.var() / theirs.size)
-    assert abs(mine.mean() - theirs.mean()) <= 4 * se + 1e-6, (key, mine.mean(), theirs.mean(), se)
+  _assert_draws_like_timms(ours, images, 'recipe')
 
 
 def test_the_host_crop_of_mixed_size_images_draws_like_timms_transform():
@@ -148,11 +154,7 @@ def test_the_host_crop_of_mixed_size_images_draws_like_timms_transform():
   ours = np.stack([np.asarray(rand_augment(
       np.stack([input_pipeline.pil_random_resized_crop(img, rng, aug) for img in images]),
       jax.random.key(draw))) for draw in range(inputs.RECIPE_DRAWS)], axis=1)
-  reference = inputs.mixed_size_reference(images)
-  for key, mine in inputs.output_statistics(ours, reference).items():
-    theirs = REFERENCE[f'recipe_mixed/{key}']
-    se = np.sqrt(mine.var() / mine.size + theirs.var() / theirs.size)
-    assert abs(mine.mean() - theirs.mean()) <= 4 * se + 1e-6, (key, mine.mean(), theirs.mean(), se)
+  _assert_draws_like_timms(ours, inputs.mixed_size_reference(images), 'recipe_mixed')
 
 
 @pytest.mark.parametrize('case', range(len(inputs.EVAL_CASES)))
