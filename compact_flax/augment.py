@@ -93,6 +93,33 @@ def _blend(degenerate, img, factor):
   return jnp.floor(jnp.clip(degenerate + factor * (img - degenerate), 0, 255))
 
 
+# PIL's ImageEnhance Brightness, Contrast and Color (saturation) by a factor.
+def _brightness(img, factor):
+  return _blend(0., img, factor)
+
+
+def _contrast(img, factor):
+  return _blend(jnp.floor(_gray(img).mean() + .5), img, factor)
+
+
+def _saturation(img, factor):
+  return _blend(_gray(img), img, factor)
+
+
+def color_jitter(img, key, strength: float):
+  """torchvision's `ColorJitter(strength, strength, strength)` through PIL, which timm's training
+  transform adds when RandAugment is off: brightness, contrast and saturation factors each uniform
+  in [max(0, 1 - strength), 1 + strength], the three applied in a random order."""
+  k_order, k_factor = jax.random.split(key)
+  factors = jax.random.uniform(k_factor, (3,), minval=max(0., 1. - strength),
+                               maxval=1. + strength)
+  ops = (_brightness, _contrast, _saturation)
+  for i in jax.random.permutation(k_order, len(ops)):
+    img = jax.lax.switch(i, [lambda x, op=op, j=j: op(x, factors[j])
+                             for j, op in enumerate(ops)], img)
+  return img
+
+
 def _auto_contrast(img):
   """PIL's ImageOps.autocontrast per channel: `int(x * scale + offset)`. PIL computes in float64,
   which lands one below an exact integer for some (lo, hi, x); this float32 version can differ
@@ -155,10 +182,9 @@ PIXEL_OPS = {
     'PosterizeIncreasing': lambda x, m, s: _posterize(x, 4 - jnp.floor(m * 4)),
     'SolarizeIncreasing': lambda x, m, s: _solarize(x, 256 - jnp.floor(m * 256)),
     'SolarizeAdd': lambda x, m, s: _solarize_add(x, jnp.floor(m * 110)),
-    'ColorIncreasing': lambda x, m, s: _blend(_gray(x), x, 1 + s * .9 * m),
-    'ContrastIncreasing': lambda x, m, s: _blend(jnp.floor(_gray(x).mean() + .5), x,
-                                                 1 + s * .9 * m),
-    'BrightnessIncreasing': lambda x, m, s: _blend(0., x, 1 + s * .9 * m),
+    'ColorIncreasing': lambda x, m, s: _saturation(x, 1 + s * .9 * m),
+    'ContrastIncreasing': lambda x, m, s: _contrast(x, 1 + s * .9 * m),
+    'BrightnessIncreasing': lambda x, m, s: _brightness(x, 1 + s * .9 * m),
     'SharpnessIncreasing': lambda x, m, s: _sharpness(x, 1 + s * .9 * m),
 }
 OP_NAMES = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing',
@@ -317,10 +343,16 @@ def _size(aug) -> Tuple[int, int]:
   return tuple(aug.img_size) if isinstance(aug.img_size, (tuple, list)) else (aug.img_size,) * 2
 
 
+def changes_pixels(aug) -> bool:
+  """Whether the per-image stage does more than crop and flip: RandAugment, or without it the
+  colour jitter (timm's training transform applies `color_jitter` only without RandAugment)."""
+  return bool(aug.auto_augment or aug.color_jitter)
+
+
 def before_mix(images, key, aug, *, crop: bool):
   """A batch of uint8-valued HWC images -> float32 pixel values in [0, 255]: random-resized crop
   and flip (when `crop`: fixed-size inputs on the device; otherwise the host pipeline has done
-  them), then RandAugment.
+  them), then RandAugment, or colour jitter where RandAugment is off.
 
   RandAugment runs one image at a time (`lax.map`) except on GPUs: a drawn op then runs alone,
   where under `vmap` every op would run for every image (on XLA's TPU compiler 30x the memory
@@ -343,6 +375,8 @@ def before_mix(images, key, aug, *, crop: bool):
       images = jax.vmap(one)(images, keys)
     else:
       images = jax.lax.map(lambda pair: one(*pair), (images, keys))
+  elif aug.color_jitter:
+    images = jax.vmap(lambda img, k: color_jitter(img, k[2], aug.color_jitter))(images, keys)
   return images
 
 

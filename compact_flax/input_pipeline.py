@@ -1,9 +1,9 @@
 """Input pipelines: `get_source` by name, and the tf.data sources (TFDS datasets, image folders).
 
 Host side (tf.data): decode, random-resized crop and flip (timm's parameters) or the eval resize
-and centre crop. RandAugment (`augment.py`) runs as jit-compiled JAX either on the host CPU
-(`aug.on_device=False`) or inside the train step (`aug.on_device=True`; for fixed-size datasets
-such as CIFAR the crop and flip move there too). Training batches stay in pixel values: the train
+and centre crop. RandAugment, or the colour jitter where it is off (`augment.py`), runs as
+jit-compiled JAX either on the host CPU (`aug.on_device=False`) or inside the train step
+(`aug.on_device=True`; for fixed-size datasets such as CIFAR the crop and flip move there too). Training batches stay in pixel values: the train
 step mixes them, then normalises and erases (the source's `device_augment`), in the official
 loader's order. The order is a pure function of (seed, epoch): a resumed run sees the same
 batches, and each process reads its own shard.
@@ -213,7 +213,7 @@ class TFDataSource:
     self.device_augment = device_augment_for(aug, fixed_size)
     self._crop_in_step = self.device_augment.crop
     self._host_transform = (HostAugment(aug, crop=False)
-                            if not aug.on_device and aug.auto_augment else None)
+                            if not aug.on_device and augment.changes_pixels(aug) else None)
     self._host_input_shape = self.image_shape  # one image as the host augmentation gets it
 
   @property

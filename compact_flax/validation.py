@@ -99,7 +99,7 @@ CHECKS: Dict[str, Callable[[Any], Tuple[bool, str]]] = {
     'aug.crop_pct': _float(0, 1, low_open=True), 'aug.interpolation': _one_of('bilinear', 'bicubic'),
     'aug.scale': _range(0, 1), 'aug.ratio': _range(0, None),
     'aug.train_interpolation': _one_of('random', 'bilinear', 'bicubic'), 'aug.hflip': _float(0, 1),
-    'aug.auto_augment': _auto_augment, 'aug.reprob': _float(0, 1),
+    'aug.auto_augment': _auto_augment, 'aug.color_jitter': _float(0), 'aug.reprob': _float(0, 1),
     'aug.remode': _one_of('pixel', 'rand', 'const'), 'aug.mixup': _float(0), 'aug.cutmix': _float(0),
     'aug.mixup_prob': _float(0, 1), 'aug.mixup_switch_prob': _float(0, 1),
     'aug.mixup_mode': _one_of('batch', 'elem', 'pair'), 'aug.mixup_off_epoch': _int(0), 'aug.on_device': _bool,

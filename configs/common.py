@@ -70,6 +70,7 @@ def get_config():
   c.aug.train_interpolation = 'random'  # bilinear or bicubic per image
   c.aug.hflip = 0.5
   c.aug.auto_augment = 'rand-m9-mstd0.5-inc1'  # timm RandAugment; '' = none
+  c.aug.color_jitter = 0.4          # brightness/contrast/saturation; only where auto_augment is ''
   c.aug.reprob = 0.0                # random erasing probability
   c.aug.remode = 'pixel'
   c.aug.mixup = 0.8                 # Beta alpha; 0 = off

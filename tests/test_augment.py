@@ -65,6 +65,18 @@ def test_rand_augment_is_reproducible_from_a_seed_and_changes_images():
     augment.parse_rand_augment('v0')
 
 
+def test_colour_jitter_keeps_whole_values_in_range_and_zero_strength_is_none():
+  img = _images(8)
+  jitter = jax.jit(jax.vmap(augment.color_jitter, in_axes=(0, 0, None)), static_argnums=2)
+  keys = jax.random.split(jax.random.key(4), 8)
+  out = jitter(img, keys, 0.4)
+  chex.assert_equal_shape([out, img])
+  np.testing.assert_array_equal(out, jnp.round(out))
+  assert float(out.min()) >= 0 and float(out.max()) <= 255
+  assert not np.array_equal(out, img)
+  np.testing.assert_array_equal(jitter(img, keys, 0.0), img)
+
+
 def test_equalize_matches_pil():
   pil = pytest.importorskip('PIL.Image')
   from PIL import ImageOps

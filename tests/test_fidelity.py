@@ -130,17 +130,30 @@ def _assert_draws_like_timms(ours, reference, prefix: str):
     assert abs(mine.mean() - theirs.mean()) <= 4 * se + 1e-6, (key, mine.mean(), theirs.mean(), se)
 
 
-def test_crop_flip_and_rand_augment_draw_like_timms_transform():
-  """The recipe's per-image stage (crop, flip, RandAugment, jitted as the host or the step runs
-  it) against timm's transform on the same digit images: every statistic's mean agrees within
-  four standard errors of the difference."""
-  images = inputs.digit_images(inputs.RECIPE_IMAGES)
-  aug = common.get_config().aug
+def _per_image_stage(images, aug):
+  """`augment.before_mix` with the crop, jitted as the host or the step runs it, drawn
+  `RECIPE_DRAWS` times per image: (N, draws, H, W, C), whole pixel values."""
   batch = np.repeat(images, inputs.RECIPE_DRAWS, axis=0)
   ours = jax.jit(lambda x, k: augment.before_mix(x, k, aug, crop=True))(batch, jax.random.key(0))
   ours = np.asarray(ours).reshape((len(images), inputs.RECIPE_DRAWS) + images.shape[1:])
   assert (ours == np.round(ours)).all()
-  _assert_draws_like_timms(ours, images, 'recipe')
+  return ours
+
+
+def test_crop_flip_and_rand_augment_draw_like_timms_transform():
+  """The recipe's per-image stage (crop, flip, RandAugment) against timm's transform on the same
+  digit images: every statistic's mean agrees within four standard errors of the difference."""
+  images = inputs.digit_images(inputs.RECIPE_IMAGES)
+  _assert_draws_like_timms(_per_image_stage(images, common.get_config().aug), images, 'recipe')
+
+
+def test_without_rand_augment_the_colour_jitter_draws_like_timms():
+  """RandAugment off: timm's transform jitters brightness, contrast and saturation instead (its
+  default color_jitter, 0.4). Crop, flip and jitter on colour images against it, as above."""
+  aug = common.get_config().aug
+  aug.auto_augment = ''
+  images = inputs.reference_images(aug.img_size, inputs.RECIPE_IMAGES, inputs.JITTER_SEED)
+  _assert_draws_like_timms(_per_image_stage(images, aug), images, 'recipe_jitter')
 
 
 def test_the_host_crop_of_mixed_size_images_draws_like_timms_transform():

@@ -96,6 +96,19 @@ def test_resumed_pipeline_sees_the_same_batches():
     assert sum(int(b['mask'].sum()) for b in evals) == 40
 
 
+def test_without_rand_augment_the_host_jitters_colour():
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ('data',)),
+                                        jax.sharding.PartitionSpec('data'))
+  with tfds.testing.mock_data(num_examples=16):
+    plain = input_pipeline.TFDSSource('cifar10', _aug(auto_augment='', color_jitter=0.0))
+    jittered = input_pipeline.TFDSSource('cifar10', _aug(auto_augment=''))
+    a, b = (next(s.train_batches(0, batch_size=8, seed=1, sharding=sharding))
+            for s in (plain, jittered))
+  np.testing.assert_array_equal(a['label'], b['label'])
+  assert not np.array_equal(a['image'], b['image']), 'the same crops, then jittered'
+  assert plain.host_augment_seconds == 0 and jittered.host_augment_seconds > 0
+
+
 def test_image_folder_skips_and_counts_undecodable_files(tmp_path, caplog):
   rng = np.random.default_rng(0)
   for split, n in (('train', 6), ('val', 2)):
