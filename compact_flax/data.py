@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from compact_flax import steps
+
 Batch = Dict[str, jax.Array]
 
 
@@ -233,7 +235,7 @@ class SyntheticSource:
     make = self._make(batch_size, sharding)
     step = start_step
     while True:
-      yield make(jax.random.fold_in(jax.random.key(seed), step))
+      yield make(steps.step_keys(jax.random.key(seed), step)[3])  # apart from the step's keys
       step += 1
 
   def train_batch_spec(self, batch_size):

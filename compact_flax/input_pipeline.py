@@ -30,6 +30,7 @@ from PIL import Image
 from compact_flax import augment
 from compact_flax import data as data_lib
 from compact_flax import devices
+from compact_flax import steps
 from compact_flax import text_data
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,12 @@ def device_augment_for(aug, fixed_size: bool) -> augment.DeviceAugment:
                                crop=bool(aug.on_device and fixed_size))
 
 
+def host_augment_key(seed: int, step: int):
+  """This process's key for the host augmentation of a step's batch: the step's own stream for it
+  (`steps.step_keys`), apart from the keys the train step draws from."""
+  return jax.random.fold_in(steps.step_keys(jax.random.key(seed), step)[3], jax.process_index())
+
+
 class HostAugment:
   """`augment.before_mix` jitted for the host CPU, uint8 in and out: where the recipe's per-image
   part runs when it is not in the step. `seconds` is the time spent in it."""
@@ -235,9 +242,6 @@ class TFDataSource:
     return {'image': jax.ShapeDtypeStruct((batch_size,) + tuple(image), jnp.uint8),
             'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
-  def _host_key(self, seed: int, step: int):
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), jax.process_index())
-
   def _dataset(self, train: bool, seed: int):
     raise NotImplementedError
 
@@ -261,7 +265,7 @@ class TFDataSource:
       ds = ds.prefetch(tf.data.AUTOTUNE)
       for step, batch in enumerate(ds.as_numpy_iterator(), start=epoch * steps_per_epoch + offset):
         if self._host_transform is not None:
-          batch['image'] = self._host_transform(batch['image'], self._host_key(seed, step))
+          batch['image'] = self._host_transform(batch['image'], host_augment_key(seed, step))
         yield data_lib.to_global(batch, sharding)
       epoch, offset = epoch + 1, 0
 
@@ -471,7 +475,7 @@ class ImageFolderSource(TFDataSource):
         images = np.stack([pil_random_resized_crop(self._train_images[i], rng, self.aug)
                            for i in idx])
       if self._host_transform is not None:
-        images = self._host_transform(images, self._host_key(seed, step))
+        images = self._host_transform(images, host_augment_key(seed, step))
       yield data_lib.to_global({'image': images, 'label': labels[idx]}, sharding)
 
   def eval_batches(self, *, batch_size, sharding):

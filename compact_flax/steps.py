@@ -98,6 +98,13 @@ def _gradients(state, images, targets, key, *, model, accum_steps: int):
   return jax.tree.map(lambda x: x / k, (loss, grads))
 
 
+def step_keys(rng, step):
+  """The keys of one training step from the run's key: dropout, the recipe's part in the step,
+  Mixup/CutMix, and the host augmentation of the step's batch. (In JAX `fold_in(k, i)` equals
+  `split(k, n)[i]`: no key here is both split and folded, so the four streams stay apart.)"""
+  return jax.random.split(jax.random.fold_in(rng, step), 4)
+
+
 def prepare_batch(batch, k_aug, k_mix, *, num_classes: int, config,
                   device_augment: DeviceAugment = None, mix: Any = True):
   """(model input, soft targets) of a training batch, in the official loader's order: the
@@ -109,8 +116,9 @@ def prepare_batch(batch, k_aug, k_mix, *, num_classes: int, config,
                                 config.label_smoothing))
   aug = config.get('aug') or {}
   images = batch['image'].astype(jnp.float32)
+  k_before, k_after = jax.random.split(k_aug)
   if device_augment is not None:
-    images = device_augment.before(images, k_aug)
+    images = device_augment.before(images, k_before)
   images, targets = augment.mixup_cutmix(
       images, batch['label'], k_mix, num_classes=num_classes,
       smoothing=config.label_smoothing, mixup_alpha=aug.get('mixup', 0.),
@@ -118,7 +126,7 @@ def prepare_batch(batch, k_aug, k_mix, *, num_classes: int, config,
       switch_prob=aug.get('mixup_switch_prob', .5), mode=aug.get('mixup_mode', 'batch'),
       enabled=mix, round_pixels=device_augment is not None)
   if device_augment is not None:
-    images = device_augment.after(images, jax.random.fold_in(k_aug, 1))
+    images = device_augment.after(images, k_after)
   return images, targets
 
 
@@ -129,8 +137,7 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config,
   On the device: `prepare_batch` (Mixup/CutMix until `mixup_until_step`; None: always), forward,
   backward, AdamW, EMA.
   """
-  rng = jax.random.fold_in(rng, state.step)
-  k_drop, k_aug, k_mix = jax.random.split(rng, 3)
+  k_drop, k_aug, k_mix, _ = step_keys(rng, state.step)
   images, targets = prepare_batch(
       batch, k_aug, k_mix, num_classes=model.num_classes, config=config,
       device_augment=device_augment,

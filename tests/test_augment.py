@@ -129,8 +129,8 @@ def test_host_and_device_crops_agree_in_distribution():
                                                          tf.constant([7, i], tf.int64), aug).numpy()
                    for i in range(300)]).astype(np.float32)
   dev = jax.vmap(lambda k: augment.random_flip(augment.random_resized_crop(
-      jnp.asarray(ramp), k, (32, 32), aug.scale, aug.ratio), jax.random.fold_in(k, 1)))(
-          jax.random.split(jax.random.key(0), 300))
+      jnp.asarray(ramp), k[0], (32, 32), aug.scale, aug.ratio), k[1]))(
+          jax.random.split(jax.random.key(0), (300, 2)))
   rng = np.random.default_rng(0)  # PIL, for in-memory images of several sizes
   pil = np.stack([input_pipeline.pil_random_resized_crop(ramp.astype(np.uint8), rng, aug)
                   for _ in range(300)]).astype(np.float32)

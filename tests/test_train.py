@@ -230,6 +230,18 @@ def test_gradient_accumulation_gives_the_same_update():
                outs[0][0].params, outs[1][0].params)
 
 
+def test_the_host_augmentation_and_the_step_draw_from_their_own_keys():
+  """Over a few steps: the step's keys (dropout, in-step recipe, mix), the host augmentation's key
+  for its batch, and each of their per-image splits are all different keys."""
+  keys = []
+  for step in range(4):
+    for k in (*steps.step_keys(jax.random.key(7), step)[:3],
+              input_pipeline.host_augment_key(7, step)):
+      keys += [k, *jax.random.split(k, 8)]
+  data = [tuple(np.asarray(jax.random.key_data(k)).tolist()) for k in keys]
+  assert len(set(data)) == len(data)
+
+
 @pytest.mark.parametrize('batch,eval_batch,cores,expected', [
     (128, 256, 2, 16), (64, 128, 2, 8), (128, 100, 2, 4), (4, 4, 2, 1), (96, 96, 2, 12),
     (1024, 1024, 2, 16), (1024, 1024, 16, 128)])
