@@ -22,9 +22,9 @@ needs small outside patches, applied by a wrapper (nothing in the checkout chang
 modules and tensors is the identity, `torch.cuda.synchronize` a no-op, timm's Mixup builds its
 targets on the CPU, and RandAugment's Posterize at 0 bits gives a black image as the Pillow of 2021
 did (current Pillow refuses 0 bits). AMP turns itself off without CUDA, so it trains in float32,
-as ours does here. Neither is a dependency of this project. With RandAugment off (`--aa=`) the
-official trainer adds timm's ColorJitter(0.4), which this project does not have: compare such
-runs with `--peer_override=--color-jitter=0`.
+as ours does here. Neither is a dependency of this project. With RandAugment off (`--aa=` and
+`--config.aug.auto_augment=`) both sides jitter colour instead (timm's `--color-jitter`, here
+`aug.color_jitter`, 0.4 on both).
 
 The last line printed is one JSON object per side.
 """
