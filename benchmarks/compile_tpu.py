@@ -406,7 +406,7 @@ def main(argv):
   if FLAGS.largest_batch:
     result = largest_batch(config, FLAGS.topology, max_compiles=FLAGS.max_compiles,
                            upper=FLAGS.upper_batch)
-    print(f'{config.model} ({result["config"]}) on {FLAGS.topology}: the config's batch '
+    print(f'{config.model} ({result["config"]}) on {FLAGS.topology}: the config\'s batch '
           f'{result["recipe_batch"]} needs {result["recipe_batch_hbm_bytes"] / 2**30:.2f} GiB; the '
           f'largest batch found to fit is {result["largest_batch"]} '
           f'({(result["largest_batch_hbm_bytes"] or 0) / 2**30:.2f} of '
