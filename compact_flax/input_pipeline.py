@@ -3,10 +3,10 @@
 Host side (tf.data): decode, random-resized crop and flip (timm's parameters) or the eval resize
 and centre crop. RandAugment, or the colour jitter where it is off (`augment.py`), runs as
 jit-compiled JAX either on the host CPU (`aug.on_device=False`) or inside the train step
-(`aug.on_device=True`; for fixed-size datasets such as CIFAR the crop and flip move there too). Training batches stay in pixel values: the train
-step mixes them, then normalises and erases (the source's `device_augment`), in the official
-loader's order. The order is a pure function of (seed, epoch): a resumed run sees the same
-batches, and each process reads its own shard.
+(`aug.on_device=True`; for fixed-size datasets such as CIFAR the crop and flip move there too).
+Training batches stay in pixel values: the train step mixes them, then normalises and erases (the
+source's `device_augment`), in the official loader's order. The order is a pure function of
+(seed, epoch): a resumed run sees the same batches, and each process reads its own shard.
 A small image folder is decoded once and held in memory (`ImageFolderSource`), without tf.data:
 training images of one size are cropped, flipped and RandAugmented by one jitted function; of
 several sizes, cropped and flipped through PIL first.
