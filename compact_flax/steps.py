@@ -11,6 +11,7 @@ from typing import Any, Optional
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -40,9 +41,14 @@ def create_train_state(config, model, tx, params=None) -> TrainState:
 
 
 def init_state(config, model, tx, mesh: Mesh, params=None) -> TrainState:
-  """`create_train_state`, computed on the devices and replicated over `mesh`."""
+  """`create_train_state`, computed on the devices and replicated over `mesh`. Given `params`
+  (loaded on one device, or host arrays) are copied onto every device of the mesh first."""
+  replicated = devices.replicated(mesh)
+  if params is not None:
+    params = jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)), params)
   return jax.jit(functools.partial(create_train_state, config, model, tx),
-                 out_shardings=devices.replicated(mesh))(params)
+                 out_shardings=replicated)(params)
 
 
 def abstract_state(config, model, tx, mesh: Mesh) -> TrainState:

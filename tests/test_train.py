@@ -321,6 +321,19 @@ def test_synthetic_source_trains_without_tensorflow(tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
 
 
+def test_training_starts_from_a_checkpoint_on_several_devices(tmp_path):
+  """`init_from` weights, loaded on one device, are replicated over the mesh before step 0."""
+  _run(tmp_path / 'a', '--config.num_epochs=1', '--config.warmup_epochs=0', devices=2)
+  _, first = compact_flax.load_model(_latest(tmp_path / 'a'))
+  _run(tmp_path / 'b', '--config.num_epochs=1', '--config.warmup_epochs=0',
+       f'--config.init_from={_latest(tmp_path / "a")}', '--config.weight_decay=0',
+       *(f'--config.{rate}=1e-9' for rate in ('learning_rate', 'warmup_lr', 'min_lr')), devices=2)
+  _, second = compact_flax.load_model(_latest(tmp_path / 'b'))
+  assert _metrics(tmp_path / 'b')[-1]['num_devices'] == 2
+  np.testing.assert_allclose(second['params']['classifier']['fc']['kernel'],
+                             first['params']['classifier']['fc']['kernel'], atol=1e-6)
+
+
 def test_init_from_with_another_class_count_reinitialises_the_head(tmp_path):
   config = digits_cct.get_config()
   config.num_epochs, config.warmup_epochs = 1, 0
