@@ -1,6 +1,7 @@
 """The recipe against values timm 0.4.12 itself produced (tests/fixtures/timm_reference.npz, written
 by tests/fixtures/make_timm_reference.py where timm is installed; timm is not needed here)."""
 
+import functools
 import importlib
 import pathlib
 
@@ -13,10 +14,12 @@ from PIL import Image
 
 import compact_flax
 from compact_flax import augment
+from compact_flax import convert
 from compact_flax import input_pipeline
 from compact_flax import optim
 from compact_flax import steps
 from configs import common
+from fixtures import make_official_steps as official_steps
 from fixtures import timm_inputs as inputs
 
 REFERENCE = np.load(pathlib.Path(__file__).parent / 'fixtures' / 'timm_reference.npz')
@@ -35,6 +38,40 @@ def test_learning_rate_per_epoch_is_timms(name):
   config.lr_step_unit = 'step'  # the option: the rate moves within an epoch
   per_step = optim.create_learning_rate_schedule(config, steps_per_epoch=7)
   assert float(per_step(3)) != float(schedule(3))
+
+
+def test_the_train_step_takes_the_official_trainers_steps(fixtures_dir):
+  """From the official weights, fifteen of our train steps (loss, AdamW with timm's decay groups,
+  the schedule stepped per epoch, normalisation) follow the official train.py's steps on the same
+  batches, dropout and stochastic depth off (fixtures/official_steps.npz)."""
+  pytest.importorskip('torch')
+  ref = np.load(pathlib.Path(__file__).parent / 'fixtures' / 'official_steps.npz')
+  model, variables = convert.load_torch_checkpoint(
+      str(fixtures_dir / f'{official_steps.MODEL}.pth'), official_steps.MODEL, num_classes=10,
+      attention_dropout=0.0, stochastic_depth=0.0)
+  config = common.get_config()
+  config.update(official_steps.RECIPE)
+  config.aug.update(mean=official_steps.MEAN, std=official_steps.STD, auto_augment='', mixup=0.,
+                    cutmix=0., reprob=0.)
+  batch = official_steps.BATCH
+  tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(
+      config, steps_per_epoch=official_steps.POOL // batch))
+  state = steps.create_train_state(config, model, tx, params=variables['params'])
+  train_step = jax.jit(functools.partial(
+      steps.train_step, model=model, tx=tx, config=config,
+      device_augment=augment.DeviceAugment(config.aug, on_device=False)))
+  losses = []
+  for order in ref['order']:
+    for start in range(0, len(order) - batch + 1, batch):
+      rows = order[start:start + batch]
+      state, metrics = train_step(state, {'image': ref['images'][rows],
+                                          'label': ref['labels'][rows]}, jax.random.key(0))
+      losses.append(float(metrics['loss']))
+  np.testing.assert_allclose(losses, ref['losses'], rtol=2e-5)
+  images = augment.normalize(jnp.asarray(ref['images'], jnp.float32), config.aug.mean,
+                             config.aug.std)
+  np.testing.assert_allclose(model.apply({'params': state.params}, images), ref['logits'],
+                             rtol=1e-4, atol=1e-4)
 
 
 def _replayed_params(mode, seed, batch):
