@@ -1,5 +1,7 @@
 """The recipe against values timm 0.4.12 itself produced (tests/fixtures/timm_reference.npz, written
-by tests/fixtures/make_timm_reference.py where timm is installed; timm is not needed here)."""
+by tests/fixtures/make_timm_reference.py where timm is installed; timm is not needed here), and
+our train step against the official trainer's first steps (tests/fixtures/official_steps.npz,
+written by tests/fixtures/make_official_steps.py)."""
 
 import functools
 import importlib
