@@ -51,10 +51,7 @@ def test_the_train_step_takes_the_official_trainers_steps(fixtures_dir):
   model, variables = convert.load_torch_checkpoint(
       str(fixtures_dir / f'{official_steps.MODEL}.pth'), official_steps.MODEL, num_classes=10,
       attention_dropout=0.0, stochastic_depth=0.0)
-  config = common.get_config()
-  config.update(official_steps.RECIPE)
-  config.aug.update(mean=official_steps.MEAN, std=official_steps.STD, auto_augment='', mixup=0.,
-                    cutmix=0., reprob=0.)
+  config = official_steps.config()
   batch = official_steps.BATCH
   tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(
       config, steps_per_epoch=official_steps.POOL // batch))
