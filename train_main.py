@@ -116,6 +116,10 @@ def main(argv):
   except train.TrainingError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
+  finally:
+    # The run is over. While Python shuts down it restores SIGTERM's default action, so a
+    # pre-emption notice arriving now would kill a process that has finished cleanly.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
   return 0
 
 
