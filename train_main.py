@@ -89,18 +89,30 @@ def parse_flags(argv):
     sys.exit(1)
 
 
+def join_processes(coordinator_address: Optional[str], num_processes: Optional[int],
+                   process_id: Optional[int]) -> bool:
+  """Joins the other processes of a multi-host run, if this is one; whether it is."""
+  if not (coordinator_address or num_processes
+          or os.environ.get('TPU_WORKER_HOSTNAMES', 'localhost') != 'localhost'):
+    return False
+  # JAX's preemption service would put its own SIGTERM handler in place of `STOP`'s and keep the
+  # notice to itself; the trainer agrees on its stops with the other processes itself.
+  jax.config.update('jax_enable_preemption_service', False)
+  if coordinator_address or num_processes:
+    # CPU processes exchange gradients over gloo (no effect on GPU or TPU).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  else:
+    jax.distributed.initialize()  # a TPU pod: JAX finds its peers itself
+  return True
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   configure_compilation_cache(FLAGS.compilation_cache)
-  if FLAGS.coordinator_address or FLAGS.num_processes:
-    # CPU processes exchange gradients over gloo (no effect on GPU or TPU).
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  elif os.environ.get('TPU_WORKER_HOSTNAMES', 'localhost') != 'localhost':
-    jax.distributed.initialize()  # a TPU pod: JAX finds its peers itself
-  else:
+  if not join_processes(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id):
     config = FLAGS.config
     count = FLAGS.cpu_devices
     if count is None:

@@ -54,6 +54,18 @@ def uninterrupted(tmp_path_factory):
   return compact_flax.load_model(_latest(workdir))[1]
 
 
+def test_sigterm_right_after_joining_the_other_processes_is_caught():
+  """JAX's preemption service, on by default, would replace the trainer's SIGTERM handler when the
+  processes join, and a notice between then and the first step would be lost."""
+  code = ('import os, signal, time, train_main; '
+          'train_main.join_processes("127.0.0.1:%d", 1, 0); '
+          'os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2); '
+          'print("caught:", train_main.STOP.is_set())' % _free_port())
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert out.returncode == 0 and 'caught: True' in out.stdout, out.stdout + out.stderr[-2000:]
+
+
 # (the line of process 0 after which process 1 alone gets SIGTERM): during compilation,
 # mid-epoch, right before an evaluation, during the save after it, late in the run.
 MOMENTS = {'compile': 'parameters;', 'mid-epoch': ' step 10/', 'evaluation': ' step 20/',
