@@ -4,7 +4,6 @@ at the same step, exit 0, and the relaunch ends exactly where an uninterrupted r
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,27 +12,10 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks.preemption_trials import free_port, launch
 import compact_flax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ARGS = ('--config.num_epochs=2', '--config.warmup_epochs=1', '--config.log_every_steps=5')
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def _launch(workdir):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED='1',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  port = _free_port()
-  return [subprocess.Popen(
-      [sys.executable, str(ROOT / 'train_main.py'), f'--config={ROOT / "configs/digits_cct.py"}',
-       f'--workdir={workdir}', *ARGS, f'--coordinator_address=127.0.0.1:{port}',
-       '--num_processes=2', f'--process_id={i}'], env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
 
 
 def _finish(procs, timeout=300):
@@ -50,7 +32,7 @@ def _latest(workdir):
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('straight')
-  _finish(_launch(workdir))
+  _finish(launch(workdir))
   return compact_flax.load_model(_latest(workdir))[1]
 
 
@@ -60,7 +42,7 @@ def test_sigterm_right_after_joining_the_other_processes_is_caught():
   code = ('import os, signal, time, train_main; '
           'train_main.join_processes("127.0.0.1:%d", 1, 0); '
           'os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2); '
-          'print("caught:", train_main.STOP.is_set())' % _free_port())
+          'print("caught:", train_main.STOP.is_set())' % free_port())
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                        timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
   assert out.returncode == 0 and 'caught: True' in out.stdout, out.stdout + out.stderr[-2000:]
@@ -80,7 +62,7 @@ RELAUNCHED = ('mid-epoch', 'save')
 
 @pytest.mark.parametrize('moment', sorted(MOMENTS))
 def test_sigterm_to_one_process_stops_both_at_one_step(moment, uninterrupted, tmp_path):
-  procs = _launch(tmp_path)
+  procs = launch(tmp_path)
   lines = []
   for line in procs[0].stdout:
     lines.append(line)
@@ -95,7 +77,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step(moment, uninterrupted, tm
     assert int(os.path.basename(_latest(tmp_path))) == stopped, 'one checkpoint, at that step'
   if moment not in RELAUNCHED:
     return
-  _finish(_launch(tmp_path))  # the relaunch
+  _finish(launch(tmp_path))  # the relaunch
   _, resumed = compact_flax.load_model(_latest(tmp_path))
   jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
 
@@ -103,7 +85,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step(moment, uninterrupted, tm
 def test_sigterm_while_the_processes_exit_leaves_exit_code_0(tmp_path):
   """Python restores SIGTERM's default action while it shuts down: a notice that comes after the
   run has finished must not turn its clean exit into a kill."""
-  procs = _launch(tmp_path)
+  procs = launch(tmp_path)
   for line in procs[0].stdout:
     if line.startswith('Time by phase'):
       break
