@@ -5,9 +5,10 @@
 Each trial launches `train_main.py` on the digits config as a two-process run (two CPU devices
 each, gloo between them), sends SIGTERM to process 1 only, after a delay drawn uniformly from
 `--delay` (covering start-up, compilation, steps, evaluations, saves and the exit), and waits.
-A trial is sound when both processes exit 0 within `--timeout` seconds and process 0 reports a
+A trial is sound when both processes exit 0 within `--timeout` seconds, process 0 reports a
 stop (`Stopped by signal ...`), or the end of the run only where the signal came after the last
-step. `tests/test_preemption.py` checks named moments; this looks for the unnamed ones.
+step, and the newest checkpoint is of the step where the run stopped or ended (none for a stop
+before the first step). `tests/test_preemption.py` checks named moments; this looks for the unnamed ones.
 One line per trial, the last one a JSON summary.
 """
 
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Optional
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ('--config.num_epochs=2', '--config.warmup_epochs=1', '--config.log_every_steps=5')
@@ -46,6 +48,19 @@ def launch(workdir) -> list:
        f'--workdir={workdir}', *ARGS, f'--coordinator_address=127.0.0.1:{port}',
        '--num_processes=2', f'--process_id={i}'], env=env, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+
+def latest_checkpoint(workdir) -> Optional[pathlib.Path]:
+  """The newest step's checkpoint folder in `workdir`, or None."""
+  root = pathlib.Path(workdir) / 'checkpoints'
+  steps = [int(d.name) for d in root.iterdir() if d.name.isdigit()] if root.is_dir() else []
+  return root / str(max(steps)) if steps else None
+
+
+def stopped_at(text: str) -> Optional[int]:
+  """The step of the trainer's `Stopped by signal at step N` line in `text`, or None."""
+  match = re.search(r'Stopped by signal at step (\d+);', text)
+  return int(match.group(1)) if match else None
 
 
 def _timed_lines(stream, into: list):
@@ -72,20 +87,26 @@ def trial(delay: float, timeout: float) -> dict:
         p.wait()
       return {'delay_s': round(delay, 1), 'outcome': 'hang', 'exit_codes': None}
     reader.join()
+    newest = latest_checkpoint(workdir)
+  saved = int(newest.name) if newest else None
   codes = [p.returncode for p in procs]
   ending = [l for _, l in lines if l.startswith(('Stopped by signal', 'Done:'))]
   # Process 0 prints the last step's progress line before that step's evaluation and stop
   # decision, which process 1 cannot pass without it: a signal sent before the line must stop.
-  last_step = [t for t, l in lines if re.search(r' step (\d+)/\1 ', l)]
+  last_step = [(t, int(m.group(1))) for t, l in lines
+               for m in [re.search(r' step (\d+)/\1 ', l)] if m]
   if codes != [0, 0] or len(ending) != 1:
     outcome = 'failed'
   elif ending[0].startswith('Done:'):
-    outcome = ('ran to the end' if last_step and last_step[0] < signalled
-               else 'missed the signal')
+    if not last_step or last_step[0][0] >= signalled:
+      outcome = 'missed the signal'
+    else:
+      outcome = 'ran to the end' if saved == last_step[0][1] else 'failed'
   elif 'before the first step' in ending[0]:
-    outcome = 'stopped before the first step'
-  else:
-    outcome = 'stopped at step ' + ending[0].split('at step ')[1].split(';')[0]
+    outcome = 'stopped before the first step' if saved is None else 'failed'
+  else:  # one checkpoint, at the step where the processes stopped
+    step = stopped_at(ending[0])
+    outcome = f'stopped at step {step}' if saved == step else 'failed'
   return {'delay_s': round(delay, 1), 'outcome': outcome, 'exit_codes': codes}
 
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks.preemption_trials import free_port, launch
+from benchmarks.preemption_trials import free_port, latest_checkpoint, launch, stopped_at
 import compact_flax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -24,16 +24,11 @@ def _finish(procs, timeout=300):
   return outs
 
 
-def _latest(workdir):
-  root = pathlib.Path(workdir) / 'checkpoints'
-  return str(root / str(max(int(d) for d in os.listdir(root) if d.isdigit())))
-
-
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('straight')
   _finish(launch(workdir))
-  return compact_flax.load_model(_latest(workdir))[1]
+  return compact_flax.load_model(str(latest_checkpoint(workdir)))[1]
 
 
 def test_sigterm_right_after_joining_the_other_processes_is_caught():
@@ -73,12 +68,11 @@ def test_sigterm_to_one_process_stops_both_at_one_step(moment, uninterrupted, tm
   out = ''.join(lines) + outs[0]
   assert 'Stopped by signal' in out, out
   if 'before the first step' not in out:
-    stopped = int(out.split('Stopped by signal at step ')[1].split(';')[0])
-    assert int(os.path.basename(_latest(tmp_path))) == stopped, 'one checkpoint, at that step'
+    assert int(latest_checkpoint(tmp_path).name) == stopped_at(out), 'one checkpoint, at that step'
   if moment not in RELAUNCHED:
     return
   _finish(launch(tmp_path))  # the relaunch
-  _, resumed = compact_flax.load_model(_latest(tmp_path))
+  _, resumed = compact_flax.load_model(str(latest_checkpoint(tmp_path)))
   jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
 
 
