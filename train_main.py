@@ -41,7 +41,7 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes (hosts) in a mu
 flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-host run.')
 flags.DEFINE_integer('cpu_devices', None, 'CPU-only hosts: data parallelism over this many XLA '
                      'devices; -1: one per 8 images of the batch (faster for 32x32 models, slower '
-                     'for tiny ones: benchmarks/RESULTS.md); 0: JAX\'s default; unset: -1 for '
+                     'for tiny ones: docs/notes.md); 0: JAX\'s default; unset: -1 for '
                      'images of at least 32x32, else 0.')
 CACHE_MAX_BYTES = 4 << 30
 flags.DEFINE_string('compilation_cache', None, 'Directory where XLA\'s compiled programs are kept '

@@ -33,6 +33,7 @@ from typing import Dict, List, Tuple
 from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
@@ -52,6 +53,7 @@ from compact_flax import optim
 from compact_flax import steps
 from compact_flax import train
 from compact_flax import validation
+import results  # pylint: disable=g-bad-import-order
 
 # Published per-chip figures (Google Cloud TPU system-architecture pages): dense bfloat16 FLOP/s,
 # HBM bandwidth (bytes/s), HBM capacity (bytes).
@@ -87,6 +89,9 @@ flags.DEFINE_integer('max_compiles', 8, 'With --largest_batch: how many batch si
 flags.DEFINE_integer('upper_batch', 0, 'With --largest_batch: the second batch to compile (default '
                      'twice the config\'s); a batch known not to fit narrows a search resumed '
                      'from --config.batch_size.')
+flags.DEFINE_string('results', None, 'Append the run\'s JSON line to this file (\'\': none; '
+                    'default benchmarks/results/compile_tpu.jsonl, compile_gpu.jsonl or '
+                    'largest_batch.jsonl by what ran).')
 flags.DEFINE_string('dump_hlo', '', 'Write the optimized HLO of the train step to this file.')
 FLAGS = flags.FLAGS
 
@@ -403,6 +408,7 @@ def main(argv):
   config_path = [a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')]
   with config.unlocked():
     config.name = os.path.splitext(os.path.basename(config_path[0]))[0] if config_path else ''
+  t0 = time.perf_counter()
   if FLAGS.largest_batch:
     result = largest_batch(config, FLAGS.topology, max_compiles=FLAGS.max_compiles,
                            upper=FLAGS.upper_batch)
@@ -413,6 +419,15 @@ def main(argv):
           f'{result["capacity_bytes"] / 2**30:.1f} GiB; {result["smallest_failing_batch"]} does '
           'not fit).')
     print(json.dumps(result))
+    gib = lambda b: round(b / 2**30, 2) if b else None
+    record('largest_batch', {'config': config.name, 'topology': FLAGS.topology,
+                             'dtype': config.dtype}, {
+        'recipe_batch': result['recipe_batch'],
+        'recipe_batch_hbm_gib': gib(result['recipe_batch_hbm_bytes']),
+        'largest_batch': result['largest_batch'],
+        'largest_batch_hbm_gib': gib(result['largest_batch_hbm_bytes']),
+        'smallest_failing_batch': result['smallest_failing_batch'],
+        'wall_s': round(time.perf_counter() - t0, 1)})
     return
   compiled_train, compiled_eval, _, mesh, compile_s = compile_steps(
       config, FLAGS.topology, fused_attention=FLAGS.fused_attention)
@@ -451,6 +466,38 @@ def main(argv):
   for op in result['heaviest_ops']:
     print(f'    {op["bytes"] / 1e6:10.1f} MB  {op["op"]:<28} {op["from"]}')
   print(json.dumps(result))
+  est_ms = round(result['est_step_s'] * 1e3, 2) if result['est_step_s'] else None
+  if FLAGS.topology in GPUS:
+    record('compile_gpu', {'config': config.name, 'batch_size': config.batch_size,
+                           'dtype': config.dtype,
+                           'overrides': _overrides('--config.batch_size=', '--config.dtype=')}, {
+        'train_hbm_gib': round(result['hbm_bytes_per_chip'] / 2**30, 2),
+        'train_kernels': _census_text(result['kernels']),
+        'eval_hbm_gib': round(result['eval_hbm_bytes_per_chip'] / 2**30, 2),
+        'eval_kernels': _census_text(result['eval_kernels']), 'est_ms_per_step': est_ms})
+  else:
+    record('compile_tpu', {'config': config.name, 'topology': FLAGS.topology,
+                           'overrides': _overrides()}, {
+        'tflop_per_chip': round(result['flops_per_chip'] / 1e12, 3),
+        'gb_per_chip': round(result['bytes_per_chip'] / 1e9, 2),
+        'hbm_gib_per_chip': round(result['hbm_bytes_per_chip'] / 2**30, 2),
+        'est_ms_per_step': est_ms, 'compile_s': round(compile_s)})
+
+
+def _overrides(*recorded) -> str:
+  """The command's flags other than the config file, the target, the results file and those
+  `recorded` in the setting already."""
+  return ' '.join(a for a in sys.argv[1:]
+                  if not a.startswith(('--config=', '--topology=', '--results=', *recorded)))
+
+
+def _census_text(census: Dict[str, int]) -> str:
+  return ', '.join(f'{n} {k.replace("_", " ")}' for k, n in census.items() if n)
+
+
+def record(benchmark: str, setting, figures):
+  path = FLAGS.results if FLAGS.results is not None else results.default_path(benchmark)
+  results.record(path, benchmark, setting, figures)
 
 
 if __name__ == '__main__':

@@ -40,6 +40,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import results  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The unaugmented comparison's overrides, on each side: no RandAugment, Mixup or CutMix (both
+# sides then jitter colour, timm's default).
+UNAUGMENTED = (['--config.aug.auto_augment=', '--config.aug.mixup=0', '--config.aug.cutmix=0'],
+               ['--aa=', '--mixup=0', '--cutmix=0'])
 
 _PEER_SHIM = r'''
 import runpy, sys, torch
@@ -170,6 +178,7 @@ def main(argv=None):
   parser.add_argument('--peer_python', default=sys.executable)
   parser.add_argument('--peer_override', action='append', default=[],
                       help='extra train.py arguments for the official side (repeatable)')
+  parser.add_argument('--results', default=results.default_path('end_to_end'), help=results.HELP)
   args = parser.parse_args(argv)
   if args.make_digits_folder:
     n_train, n_eval = make_digits_folder(args.make_digits_folder)
@@ -180,16 +189,34 @@ def main(argv=None):
   if not args.folder:
     parser.error('--folder (or --make_digits_folder) is required')
   n_train = _count(os.path.join(args.folder, 'train'))
-  results = []
+  runs = []
   if not args.skip_ours:
-    results.append(run_ours(args))
+    runs.append(run_ours(args))
   if args.peer:
-    results.append(run_peer(args))
-  for r in results:
+    runs.append(run_peer(args))
+  for r in runs:
     r.update(model=args.model, seed=args.seed, train_images=n_train,
              images_per_sec=round(n_train * r['epochs'] / r['wall_s'], 1))
     print(json.dumps(r))
+    results.record(args.results, 'end_to_end', {
+        'folder': os.path.basename(os.path.normpath(args.folder)), 'recipe': recipe_label(args),
+        'model': args.model, 'epochs': f'{args.epochs} + {args.cooldown}',
+        'side': 'compact-flax' if r['side'] == 'ours' else 'official train.py',
+        **({'compilation_cache': 'warm'} if r['side'] == 'ours' and not args.cold_cache else {})},
+        {'wall_s': r['wall_s'], 'top1': r['top1'],
+         **({'input_wait_s': r['phases_s'].get('input')} if 'phases_s' in r else {})},
+        seed=args.seed)
   return 0
+
+
+def recipe_label(args) -> str:
+  """How the run's recipe differs from the config's, in words (the rows of docs/performance.md)."""
+  ours, peer = args.override, args.peer_override if args.peer else []
+  if not ours and not peer:
+    return 'CIFAR-10 recipe'
+  if ours == UNAUGMENTED[0] and peer == (UNAUGMENTED[1] if args.peer else []):
+    return 'no RandAugment/Mixup/CutMix; colour jitter on both sides'
+  return 'CIFAR-10 recipe with ' + ' '.join(ours + peer)
 
 
 if __name__ == '__main__':

@@ -17,17 +17,22 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 import compact_flax  # pylint: disable=g-import-not-at-top
+import results
 from compact_flax import export
 from compact_flax import merge
 
 flags.DEFINE_string('model', 'cct_7_3x1_32', 'Registered vision model.')
 flags.DEFINE_integer('repeats', 200, 'Timed calls per path.')
 flags.DEFINE_bool('peer', False, "Also time vit-pytorch's CCT in PyTorch eager mode.")
+flags.DEFINE_string('results', results.default_path('latency'), results.HELP)
+PATHS = {'flax_jit': 'Flax jax.jit', 'tflite_float32': 'TFLite float32',
+         'tflite_int8': 'TFLite dynamic-range int8', 'torch_eager': 'PyTorch eager (vit-pytorch CCT)'}
 FLAGS = flags.FLAGS
 
 
@@ -89,6 +94,10 @@ def main(argv):
     result['torch_eager'] = _time(run_peer, FLAGS.repeats)
     result['torch_threads'] = torch.get_num_threads()
   print(json.dumps(result))
+  for key, path in PATHS.items():
+    if key in result:
+      results.record(FLAGS.results, 'latency', {'model': FLAGS.model, 'batch': 1, 'path': path,
+                                                'threads': os.cpu_count()}, result[key])
 
 
 if __name__ == '__main__':

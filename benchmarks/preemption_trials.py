@@ -29,6 +29,9 @@ import time
 from typing import Optional
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+
+import results  # pylint: disable=g-import-not-at-top,wrong-import-position
 ARGS = ('--config.num_epochs=2', '--config.warmup_epochs=1', '--config.log_every_steps=5')
 
 
@@ -118,16 +121,23 @@ def main():
                       help='the range of the delay before SIGTERM, in seconds')
   parser.add_argument('--timeout', type=float, default=180.0,
                       help='seconds after the signal before a trial counts as a hang')
+  parser.add_argument('--results', default=results.default_path('preemption_trials'),
+                      help=results.HELP)
   args = parser.parse_args()
   rng = random.Random(args.seed)
-  outcomes = collections.Counter()
+  outcomes, classes = collections.Counter(), collections.Counter()
   for i in range(args.trials):
     result = trial(rng.uniform(*args.delay), args.timeout)
     sound = result['outcome'] not in ('hang', 'failed', 'missed the signal')
     outcomes['sound' if sound else result['outcome']] += 1
+    classes[re.sub(r'stopped at step \d+', 'stopped during training', result['outcome'])] += 1
     print(f'trial {i}: SIGTERM after {result["delay_s"]} s: {result["outcome"]}, exit codes '
           f'{result["exit_codes"]}', flush=True)
   print(json.dumps({'trials': args.trials, 'seed': args.seed, **outcomes}))
+  results.record(args.results, 'preemption_trials',
+                 {'processes': 2, 'delay_s': f'{args.delay[0]:g}-{args.delay[1]:g}'},
+                 {'trials': args.trials, 'sound': outcomes['sound'],
+                  **{k.replace(' ', '_'): v for k, v in classes.items()}}, seed=args.seed)
   return 0 if outcomes['sound'] == args.trials else 1
 
 

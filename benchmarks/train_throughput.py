@@ -24,11 +24,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 import compact_flax  # pylint: disable=g-import-not-at-top
+import results
 from compact_flax import devices
 from compact_flax import merge
 from compact_flax import optim
@@ -174,6 +176,8 @@ def main():
   parser.add_argument('--cpu_devices', type=int, default=-1,
                       help='XLA devices on a CPU host, as train_main.py --cpu_devices: -1 one per '
                       '8 images (devices.cpu_device_count), 0 JAX\'s default (one device)')
+  parser.add_argument('--results', default=results.default_path('train_throughput'),
+                      help=results.HELP)
   args = parser.parse_args()
   devices.set_cpu_devices(args.cpu_devices, args.batch_size)
   result = {'model': args.model, 'batch_size': args.batch_size, 'dtype': args.dtype,
@@ -193,6 +197,13 @@ def main():
       print(f'vit-pytorch CCT ({mode}): {peer["images_per_sec"]:.1f} img/s; compact-flax is '
             f'{result[f"ratio_vs_peer_{mode}"]:.2f}x', flush=True)
   print(json.dumps(result))
+  figures = {'images_per_sec': ours['images_per_sec'], 'step_ms': ours['step_time_s'] * 1e3,
+             'compile_s': ours['compile_s'], 'mfu': ours['mfu']}
+  for mode in (args.peer_modes.split(',') if args.peer else []):
+    figures[f'peer_{mode}_images_per_sec'] = result[f'peer_{mode}']['images_per_sec']
+  results.record(args.results, 'train_throughput',
+                 {'model': args.model, 'batch_size': args.batch_size, 'dtype': args.dtype,
+                  'devices': ours['devices']}, figures)
 
 
 if __name__ == '__main__':

@@ -356,7 +356,7 @@ def before_mix(images, key, aug, *, crop: bool):
 
   RandAugment runs one image at a time (`lax.map`) except on GPUs: a drawn op then runs alone,
   where under `vmap` every op would run for every image (on XLA's TPU compiler 30x the memory
-  traffic, on CPU 2.6x the time: benchmarks/RESULTS.md).
+  traffic, on CPU 2.6x the time: docs/notes.md).
   """
   ra = parse_rand_augment(aug.auto_augment) if aug.auto_augment else None
   fill = tuple(min(255., round(255 * m)) for m in aug.mean)

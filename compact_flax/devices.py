@@ -13,9 +13,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-IMAGES_PER_CPU_DEVICE = 8  # measured on 2 cores: benchmarks/RESULTS.md
+IMAGES_PER_CPU_DEVICE = 8  # measured on 2 cores: docs/notes.md
 CPU_DEVICES_PER_CORE = 8
-MIN_SPLIT_IMAGE_SIDE = 32  # smaller inputs (the 8x8 digits) train slower split: RESULTS.md
+MIN_SPLIT_IMAGE_SIDE = 32  # smaller inputs (the 8x8 digits) train slower split: docs/notes.md
 
 
 # Set by `set_cpu_devices`: the split CPU has one more device, kept out of the mesh for host work.
@@ -55,7 +55,7 @@ def cpu_device_count(batch_size: int, eval_batch_size: int, cores: int) -> int:
 
   On CPU, data parallelism over many small devices keeps the cores busy and each device's
   activations in cache. It pays for 32x32 inputs, not for tiny ones, and larger inputs want fewer
-  images per device (benchmarks/RESULTS.md).
+  images per device (docs/notes.md).
   """
   target = max(1, min(batch_size // IMAGES_PER_CPU_DEVICE, CPU_DEVICES_PER_CORE * cores))
   return max(d for d in range(1, target + 1) if batch_size % d == 0 and eval_batch_size % d == 0)

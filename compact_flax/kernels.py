@@ -1,7 +1,7 @@
 """Backend kernels: the same maths as the plain ops, written for XLA's CPU backend.
 
 On CPU, XLA's native max-pool gradient, small image convolutions and three-axis Dense contractions
-are slow (measured in benchmarks/RESULTS.md), so the model calls these functions, which choose
+are slow (measured in docs/notes.md), so the model calls these functions, which choose
 per backend at trace time:
 
   - `max_pool`: a running maximum with a hand-written gradient on CPU; `lax.reduce_window`
@@ -66,7 +66,7 @@ def on_cpu() -> bool:
 def recompute_on_tpu(fn):
   """`fn` under `jax.checkpoint` (nothing saved, recomputed in the backward pass) when traced for
   TPU, else `fn`: XLA's TPU cost model shows the train step moving fewer bytes that way
-  (benchmarks/RESULTS.md). Elsewhere it is not measured to help, and on CPU it would cost time."""
+  (docs/notes.md). Elsewhere it is not measured to help, and on CPU it would cost time."""
   if platform() != 'tpu':
     return fn
   return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)

@@ -99,7 +99,7 @@ def _gradients(state, images, targets, key, *, model, accum_steps: int):
 
   zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
   # Unrolled: XLA's CPU backend gives convolutions inside a while loop a naive kernel
-  # (benchmarks/RESULTS.md).
+  # (docs/notes.md).
   (loss, grads), _ = jax.lax.scan(accumulate, zero, (jnp.arange(k), micro), unroll=True)
   return jax.tree.map(lambda x: x / k, (loss, grads))
 

@@ -41,7 +41,7 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 def compute_dtype(name: str, platform: Optional[str] = None):
   """`config.dtype` as an array dtype. 'auto' is the official recipes' AMP: bfloat16 on GPU and TPU,
-  float32 on CPU (as AMP without CUDA; XLA's CPU bfloat16 is slower: benchmarks/RESULTS.md)."""
+  float32 on CPU (as AMP without CUDA; XLA's CPU bfloat16 is slower: docs/notes.md)."""
   if name == 'auto':
     name = 'float32' if (platform or jax.default_backend()) == 'cpu' else 'bfloat16'
   return DTYPES[name]

@@ -171,7 +171,7 @@ class TransformerClassifier(nn.Module):
   mask_pooling: bool = True
   # One encoder layer under nn.scan, its weights stacked on a leading axis ('blocks' instead of
   # 'blocks_0', 'blocks_1', ...): the same function, compiled once instead of once per layer,
-  # though the loop moves more bytes per training step (benchmarks/RESULTS.md, TPU slices).
+  # though the loop moves more bytes per training step (docs/notes.md, TPU slices).
   # Checkpoints load into either layout (merge.match_layer_layout).
   scan_layers: bool = False
   dropout: float = 0.0

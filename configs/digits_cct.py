@@ -4,7 +4,7 @@
 
 Trains CCT-2 (one 3x3 conv + pool: 16 tokens of width 128) for 30 epochs on 1,438 images and
 evaluates on the fixed 359 held out. Expected: about 99% top-1 in well under a minute on a laptop
-CPU (measured: benchmarks/RESULTS.md); the tests require at least 95%.
+CPU (measured: docs/notes.md); the tests require at least 95%.
 """
 
 from configs import common

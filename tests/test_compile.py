@@ -47,7 +47,7 @@ def test_the_train_step_compiles_for_a_two_host_slice():
 def test_a_gpu_step_too_big_for_a_v5e_chip_is_counted_on_a_v5p_chip(monkeypatch):
   """XLA's GPU compiler gives no FLOPs or bytes: the same step compiled by the TPU cost model
   gives them, on one v5e chip (16 GiB), or on one v5p chip when it needs more. (The compilations
-  are stood in for here; RESULTS.md has the real case.)"""
+  are stood in for here; docs/notes.md has the real case.)"""
   class Compiled:
     def __init__(self, flops):
       self.flops = flops
