@@ -34,8 +34,8 @@ import results
 from compact_flax import devices
 from compact_flax import merge
 from compact_flax import optim
+from compact_flax import precision
 from compact_flax import steps
-from compact_flax import train
 from configs import common
 
 # Dense peak FLOP/s per chip for the MFU figure: (bfloat16, float32 via TF32 / default precision).
@@ -57,7 +57,7 @@ def bench_ours(args):
   config.dtype = args.dtype
   config.batch_size = args.batch_size
   config.aug.mixup = config.aug.cutmix = 0.0
-  model = compact_flax.create_model(args.model, dtype=train.DTYPES[args.dtype])
+  model = compact_flax.create_model(args.model, dtype=precision.DTYPES[args.dtype])
   h, w, c = merge.image_shape(model)
   mesh = devices.make_mesh()
   tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, 100))

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from compact_flax import augment
 from compact_flax import devices
 from compact_flax import merge
+from compact_flax import precision
 
 # The recipe's part inside the step (augment.DeviceAugment); None: batches arrive as model input.
 DeviceAugment = Optional[augment.DeviceAugment]
@@ -29,15 +30,20 @@ class TrainState:
   params: Any
   opt_state: Any
   ema_params: Any = None
+  loss_scale: Optional[precision.LossScale] = None  # float16 compute only
 
 
 def create_train_state(config, model, tx, params=None) -> TrainState:
-  """Step 0: `params` (default: the model's init with `config.seed`), fresh optimizer state."""
+  """Step 0: `params` (default: the model's init with `config.seed`), fresh optimizer state, and
+  for a float16 model the initial loss scale."""
   if params is None:
     params = merge.init_variables(model, config.seed)['params']
   ema = jax.tree.map(jnp.copy, params) if config.ema_decay else None
+  scale = (precision.LossScale.create(config.get('loss_scale_init', 2.0**15),
+                                      config.get('loss_scale_growth_interval', 2000))
+           if model.dtype == jnp.float16 else None)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    ema_params=ema)
+                    ema_params=ema, loss_scale=scale)
 
 
 def init_state(config, model, tx, mesh: Mesh, params=None) -> TrainState:
@@ -78,17 +84,21 @@ def apply_model(model, params, inputs, **kwargs):
   return model.apply({'params': params}, inputs, **kwargs)
 
 
-def _gradients(state, images, targets, key, *, model, accum_steps: int):
+def _gradients(state, images, targets, key, *, model, accum_steps: int, scale=None):
   """(mean loss, mean gradients), over `accum_steps` micro-batches of rows j, j+k, ...: each
-  stays on the device that holds it."""
+  stays on the device that holds it. With a loss `scale`, the gradients are taken of the loss
+  times it and divided by it after (float16: small gradients do not flush to zero)."""
   def loss_fn(params, images, targets, key):
     logits = apply_model(model, params, images, train=True, rngs={'dropout': key})
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+    loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+    return loss if scale is None else loss * scale
 
   grad_fn = jax.value_and_grad(loss_fn)
+  unscale = (lambda x: x) if scale is None else (
+      lambda lg: jax.tree.map(lambda x: x / scale, lg))
   k = accum_steps
   if k == 1:
-    return grad_fn(state.params, images, targets, key)
+    return unscale(grad_fn(state.params, images, targets, key))
   micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((-1, k) + x.shape[1:]), 0, 1),
                        (images, targets))
 
@@ -101,7 +111,7 @@ def _gradients(state, images, targets, key, *, model, accum_steps: int):
   # Unrolled: XLA's CPU backend gives convolutions inside a while loop a naive kernel
   # (docs/notes.md).
   (loss, grads), _ = jax.lax.scan(accumulate, zero, (jnp.arange(k), micro), unroll=True)
-  return jax.tree.map(lambda x: x / k, (loss, grads))
+  return unscale(jax.tree.map(lambda x: x / k, (loss, grads)))
 
 
 def step_keys(rng, step):
@@ -141,23 +151,34 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config,
   """One optimizer step on a global batch: (state, batch, rng) -> (state, metrics).
 
   On the device: `prepare_batch` (Mixup/CutMix until `mixup_until_step`; None: always), forward,
-  backward, AdamW, EMA.
+  backward, AdamW, EMA. With a loss scale (float16), a step whose gradients are not all finite
+  leaves parameters, optimizer state and EMA as they were and halves the scale; `metrics['loss_ok']`
+  then says whether a non-finite loss is such a skip (the scale could still shrink) or a failure.
   """
   k_drop, k_aug, k_mix, _ = step_keys(rng, state.step)
   images, targets = prepare_batch(
       batch, k_aug, k_mix, num_classes=model.num_classes, config=config,
       device_augment=device_augment,
       mix=True if mixup_until_step is None else state.step < mixup_until_step)
+  scaling = state.loss_scale
   loss, grads = _gradients(state, images, targets, k_drop, model=model,
-                           accum_steps=config.grad_accum_steps)
+                           accum_steps=config.grad_accum_steps,
+                           scale=None if scaling is None else scaling.scale)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = state.ema_params
   if ema is not None:
     ema = optax.incremental_update(params, ema, 1.0 - config.ema_decay)
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+  if scaling is not None:
+    finite = precision.all_finite(grads)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    ema = None if ema is None else keep(ema, state.ema_params)
+    metrics.update(loss_scale=scaling.scale, loss_ok=finite | (scaling.scale > 1.0))
+    scaling = scaling.update(finite)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                       ema_params=ema), metrics
+                       ema_params=ema, loss_scale=scaling), metrics
 
 
 def eval_step(params, batch, *, model):

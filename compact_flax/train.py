@@ -30,21 +30,13 @@ from compact_flax import input_pipeline
 from compact_flax import merge
 from compact_flax import models
 from compact_flax import optim
+from compact_flax import precision
 from compact_flax import steps
 from compact_flax import train_checkpoints
 from compact_flax import validation
 from compact_flax import workdir as workdir_lib
 
 TrainingError = errors.TrainingError
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
-def compute_dtype(name: str, platform: Optional[str] = None):
-  """`config.dtype` as an array dtype. 'auto' is the official recipes' AMP: bfloat16 on GPU and TPU,
-  float32 on CPU (as AMP without CUDA; XLA's CPU bfloat16 is slower: docs/notes.md)."""
-  if name == 'auto':
-    name = 'float32' if (platform or jax.default_backend()) == 'cpu' else 'bfloat16'
-  return DTYPES[name]
 
 
 def _say(*args):
@@ -73,16 +65,19 @@ def get_source(config):
     raise TrainingError(str(e)) from None
 
 
-def build_model(config, source, platform: Optional[str] = None):
+def build_model(config, source, platform: Optional[str] = None,
+                compute_capability: Optional[str] = None):
   """The configured model for `source`'s class count (a text source also sets the vocabulary size
-  and length) in the compute dtype for `platform` (default: JAX's); checks the input shape fits."""
+  and length) in the compute dtype for `platform` (default: JAX's first device;
+  `precision.resolve`); checks the input shape fits."""
   kwargs = validation.model_kwargs(config)
   kwargs.setdefault('num_classes', source.num_classes)
   for k, v in getattr(source, 'model_kwargs', {}).items():
     kwargs.setdefault(k, v)
   try:
-    model = models.create_model(config.model, dtype=compute_dtype(config.dtype, platform),
-                                 **kwargs)
+    model = models.create_model(
+        config.model, dtype=precision.compute_dtype(config.dtype, platform, compute_capability),
+        **kwargs)
   except (ValueError, TypeError) as e:
     raise TrainingError(str(e)) from None
   is_text, text_source = hasattr(model, 'seq_len'), 'text' in source.normalization
@@ -206,20 +201,22 @@ class Progress:
     self.pending, self.losses = [], []
     self.t_last, self.images, self.rate = None, 0, None
 
-  def add(self, loss):
-    self.pending.append(loss)
+  def add(self, loss, ok=None):
+    """A step's loss; `ok` (float16 loss scaling): whether a non-finite one is a skipped step."""
+    self.pending.append((loss, True if ok is None else ok))
 
   def report(self, done: int):
-    values = np.asarray(jax.device_get(self.pending))
+    values, ok = (np.asarray(v) for v in zip(*jax.device_get(self.pending)))
     self.pending = []
-    bad = np.flatnonzero(~np.isfinite(values))
+    finite = np.isfinite(values)
+    bad = np.flatnonzero(~finite & ~ok)
     if bad.size:
       saved = self.last_saved()
       kept = (f'The last checkpoint (step {saved}) is kept in {self.workdir}/checkpoints.'
               if saved is not None else 'No checkpoint had been saved.')
       raise TrainingError(f'Loss is {values[bad[0]]} at step {done - len(values) + bad[0] + 1}; '
                           f'stopped. {kept} Lower the learning rate or set grad_clip_norm.')
-    self.losses.extend(values.tolist())
+    self.losses.extend(values[finite].tolist())
     now = time.time()
     if self.t_last is None:  # the first interval holds the compilation: not timed
       self.t_last, self.images = now, 0
@@ -301,6 +298,31 @@ class StopSignal:
         multihost_utils.process_allgather(np.int32(self.event.is_set())).any())
 
 
+class Profile:
+  """`config.profile_steps='START:STOP'`: a `jax.profiler` trace of steps START to STOP - 1 under
+  `WORKDIR/profile/` (TensorBoard's profile plugin and XProf read its `*.xplane.pb` files)."""
+
+  def __init__(self, spec: str, workdir: str):
+    self.start, self.stop = (int(x) for x in spec.split(':')) if spec else (None, None)
+    self.directory, self.active = os.path.join(workdir, 'profile'), False
+
+  def before(self, step: int):
+    if self.start is not None and not self.active and self.start <= step < self.stop:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, done: int, state):
+    if self.active and done >= self.stop:
+      self.close(state)
+
+  def close(self, state=None):
+    if self.active:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
+      _say(f'Profile of steps {self.start}-{self.stop - 1} written under {self.directory}.')
+
+
 @contextlib.contextmanager
 def joined_on_exit():
   """A list for background compilation threads, each joined before the block is left, however it
@@ -330,6 +352,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       # beside the start-up and the train step's compilation
       compiling.append(source.warm_up(config.batch_size))
     model, model_kwargs = build_model(config, source)
+    if config.dtype == 'auto':
+      _say("config.dtype 'auto': {} compute for {}.".format(*precision.auto()))
     epoch_steps = steps_per_epoch(config, source)
     total_steps = (config.num_epochs + config.cooldown_epochs) * epoch_steps
     schedule = optim.create_learning_rate_schedule(config, epoch_steps)
@@ -384,10 +408,13 @@ def train_loop(config, state, train_step, source, mesh, evaluate, checkpoints, s
   times = times or PhaseTimes()
   rng, start, t_start, record = jax.random.key(config.seed), int(state.step), time.time(), {}
   epoch_steps, total_steps = progress.steps_per_epoch, progress.total_steps
+  profile = Profile(config.get('profile_steps', ''), progress.workdir)
   with data_lib.prefetch(source.train_batches(
       start, batch_size=config.batch_size, seed=config.seed,
-      sharding=devices.batch_sharded(mesh))) as batches:
+      sharding=devices.batch_sharded(mesh))) as batches, contextlib.ExitStack() as closing:
+    closing.callback(lambda: profile.close(state))
     for step in range(start, total_steps):
+      profile.before(step)
       with times('input'):
         batch = next(batches)
       with times('compile' if step == start else 'steps'):
@@ -396,8 +423,9 @@ def train_loop(config, state, train_step, source, mesh, evaluate, checkpoints, s
         state, metrics = train_step(state, batch, rng)
         if step == start:  # the first call compiles (or waits for it); its step is counted with it
           jax.block_until_ready(metrics['loss'])
-      progress.add(metrics['loss'])
+      progress.add(metrics['loss'], metrics.get('loss_ok'))
       done = step + 1
+      profile.after(done, state)
       epoch_end, final = done % epoch_steps == 0, done == total_steps
       sync_point = done % config.log_every_steps == 0 or epoch_end or final
       save = done % config.checkpoint_every_steps == 0 or epoch_end or final

@@ -6,12 +6,12 @@
 
 import difflib
 import numbers
+import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from compact_flax import augment
 from compact_flax import models
-
-DTYPES = ('auto', 'bfloat16', 'float32')
+from compact_flax import precision
 
 
 def _int(low: int, high: Optional[int] = None):
@@ -65,6 +65,12 @@ def _size(v):
   return ok, 'a positive integer or a (height, width) pair'
 
 
+def _step_range(v):
+  ok = v == '' or (isinstance(v, str) and re.fullmatch(r'\d+:\d+', v) is not None
+                   and int(v.split(':')[0]) < int(v.split(':')[1]))
+  return ok, "'' (off) or 'START:STOP', two step numbers with START < STOP"
+
+
 def _triple(positive: bool):
   def check(v):
     ok = isinstance(v, (tuple, list)) and len(v) >= 1 and all(
@@ -85,7 +91,7 @@ def _auto_augment(v):
 
 
 CHECKS: Dict[str, Callable[[Any], Tuple[bool, str]]] = {
-    'model': _str, 'dtype': _one_of(*DTYPES), 'dataset': _str, 'data_dir': _str,
+    'model': _str, 'dtype': _one_of(*precision.CHOICES), 'dataset': _str, 'data_dir': _str,
     'train_split': _str, 'eval_split': _str, 'seed': _int(0),
     'num_epochs': _int(1), 'cooldown_epochs': _int(0), 'batch_size': _int(1),
     'eval_batch_size': _int(1), 'grad_accum_steps': _int(1),
@@ -94,7 +100,8 @@ CHECKS: Dict[str, Callable[[Any], Tuple[bool, str]]] = {
     'min_lr': _float(0), 'weight_decay': _float(0), 'adam_b1': _float(0, 1, high_open=True),
     'adam_b2': _float(0, 1, high_open=True), 'adam_eps': _float(0, low_open=True),
     'grad_clip_norm': _float(0), 'label_smoothing': _float(0, 1, high_open=True),
-    'ema_decay': _float(0, 1, high_open=True),
+    'ema_decay': _float(0, 1, high_open=True), 'loss_scale_init': _float(1),
+    'loss_scale_growth_interval': _int(1),
     'aug.img_size': _size, 'aug.mean': _triple(False), 'aug.std': _triple(True),
     'aug.crop_pct': _float(0, 1, low_open=True), 'aug.interpolation': _one_of('bilinear', 'bicubic'),
     'aug.scale': _range(0, 1), 'aug.ratio': _range(0, None),
@@ -103,7 +110,7 @@ CHECKS: Dict[str, Callable[[Any], Tuple[bool, str]]] = {
     'aug.remode': _one_of('pixel', 'rand', 'const'), 'aug.mixup': _float(0), 'aug.cutmix': _float(0),
     'aug.mixup_prob': _float(0, 1), 'aug.mixup_switch_prob': _float(0, 1),
     'aug.mixup_mode': _one_of('batch', 'elem', 'pair'), 'aug.mixup_off_epoch': _int(0), 'aug.on_device': _bool,
-    'log_every_steps': _int(1), 'eval_every_epochs': _int(1), 'checkpoint_every_steps': _int(1),
+    'profile_steps': _step_range, 'log_every_steps': _int(1), 'eval_every_epochs': _int(1), 'checkpoint_every_steps': _int(1),
     'keep_checkpoints': _int(1), 'checkpoint_async': _bool, 'init_from': _str, 'eval_only': _bool,
     'freeze_embedding': _bool, 'dataset_kwargs.seq_len': _int(1), 'dataset_kwargs.min_freq': _int(1),
 }

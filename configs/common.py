@@ -29,9 +29,12 @@ def get_config():
   c.model = 'cct_7_3x1_32'          # a registered name: compact_flax.list_models()
   c.model_kwargs = ml_collections.ConfigDict(
       {k: config_dict.placeholder(t) for k, t in MODEL_ARGS.items()})
-  # Compute dtype (params stay float32): 'float32', 'bfloat16', or 'auto': bfloat16 on GPU/TPU and
-  # float32 on CPU, as the official recipes' AMP (off without CUDA).
+  # Compute dtype (params stay float32): 'float32', 'bfloat16', 'float16' (with dynamic loss
+  # scaling), or 'auto': bfloat16 on TPUs and GPUs that have it, float16 on older GPUs, float32
+  # on CPUs (compact_flax/precision.py), as the official recipes' AMP.
   c.dtype = 'float32'
+  c.loss_scale_init = 2.0**15       # float16: the first loss scale
+  c.loss_scale_growth_interval = 2000  # float16: finite steps before the scale doubles
   c.dataset = 'cifar10'             # TFDS name, 'digits', 'synthetic' or 'folder:/path'
   c.dataset_kwargs = ml_collections.ConfigDict()
   c.data_dir = ''                   # TFDS data_dir; '' = TFDS's default
@@ -81,6 +84,7 @@ def get_config():
   c.aug.mixup_off_epoch = 0         # 0 = never off (timm)
   c.aug.on_device = False           # RandAugment, erasing (and fixed-size crops) in the jitted step
 
+  c.profile_steps = ''              # 'START:STOP': a jax.profiler trace of those steps in WORKDIR/profile
   c.log_every_steps = 50
   c.eval_every_epochs = 1
   c.checkpoint_every_steps = 1000   # and at the end of every epoch

@@ -396,3 +396,11 @@ def test_sources_declare_the_interface_and_the_config_is_saved(tmp_path):
   saved = json.loads((tmp_path / 'config.json').read_text())
   assert saved['model'] == 'cct_2_3x2_32' and saved['num_epochs'] == 1
   assert saved == json.loads(json.dumps(config.to_dict()))
+
+
+def test_profile_steps_writes_a_trace_of_those_steps(tmp_path):
+  config = digits_cct.get_config()
+  config.num_epochs, config.warmup_epochs, config.profile_steps = 1, 0, '3:5'
+  train.train_and_evaluate(config, str(tmp_path))
+  traces = list((tmp_path / 'profile').glob('plugins/profile/*/*.xplane.pb'))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
