@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from jax.experimental import topologies
 from ml_collections import config_flags
 
+from compact_flax import augment
 from compact_flax import data
 from compact_flax import devices
 from compact_flax import input_pipeline
@@ -167,6 +168,10 @@ def abstract_inputs(config, model, tx, mesh):
   return state, train_batch, eval_batch, rng
 
 
+def target_platform(topology: str) -> str:
+  return 'gpu' if topology in GPUS else 'tpu'
+
+
 def target_devices(topology: str):
   """The devices of a TPU topology, or the one device of a GPU target config."""
   if topology in COST_MODEL_CHIPS:  # one chip on its own host
@@ -221,7 +226,7 @@ def compile_steps(config, topology: str, kernel_platform=None, fused_attention=T
   steps_per_epoch = max(1, source.num_train // config.batch_size)
   tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, steps_per_epoch))
   fixed = input_pipeline.FIXED_SIZES.get(config.dataset) == (h, w)
-  device_augment = input_pipeline.device_augment_for(config.aug, fixed)
+  device_augment = input_pipeline.device_augment_for(config.aug, fixed, platform)
   t0 = time.perf_counter()
   # The cost pass counts the GPU step's work on a TPU, where cuDNN attention does not lower.
   with kernels.target(kernel_platform or platform,
@@ -340,7 +345,7 @@ def summarize(config, topology: str, compiled, compile_s: float, mesh, top: int,
       'hbm_capacity_bytes': capacity, 'fits': hbm <= capacity,
       'flop_bound_step_s': flop_s, 'memory_bound_step_s': byte_s, 'est_step_s': est,
       'est_images_per_sec': config.batch_size / est if est else None,
-      'aug_on_device': bool(config.aug.on_device),
+      'aug_on_device': augment.on_device(config.aug.on_device, target_platform(topology)),
       'heaviest_ops': heaviest_ops(cost_hlo or compiled.as_text(), top),
       'scan_layers': bool(config.model_kwargs.get('scan_layers')),
       **({'kernels': kernel_census(compiled.as_text()),

@@ -8,7 +8,7 @@ normalisation and random erasing run inside the train step, in the official load
 import dataclasses
 import math
 import re
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -388,6 +388,20 @@ def after_mix(images, key, aug):
     return images
   erase = lambda img, k: random_erasing(img, k, aug.reprob, aug.remode)
   return jax.vmap(erase)(images, jax.random.split(key, images.shape[0]))
+
+
+def on_device(value, platform: Optional[str] = None) -> bool:
+  """`aug.on_device`: True, False, or 'auto': in the jitted step on GPUs and TPUs (a host's cores
+  cannot feed them), on the host on CPUs (where it is faster: docs/performance.md) for `platform`
+  (default: JAX's)."""
+  # A command line's --config.aug.on_device=True arrives as the string 'True' (the field holds
+  # 'auto', a string).
+  value = {'true': True, 'false': False}.get(value.lower(), value) if isinstance(value, str) else value
+  if value == 'auto':
+    return (platform or jax.default_backend()) != 'cpu'
+  if not isinstance(value, bool):
+    raise ValueError(f"aug.on_device is {value!r}; it must be True, False or 'auto'.")
+  return value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -162,12 +162,14 @@ def tf_eval_transform(image, aug):
   return (img / 255. - np.asarray(aug.mean, np.float32)) / np.asarray(aug.std, np.float32)
 
 
-def device_augment_for(aug, fixed_size: bool) -> augment.DeviceAugment:
+def device_augment_for(aug, fixed_size: bool, platform: Optional[str] = None
+                       ) -> augment.DeviceAugment:
   """The part of the recipe a source leaves to the train step: normalisation and erasing after the
-  mix always; with `aug.on_device`, RandAugment before it, and the crop and flip too for datasets
-  whose training images all have one size (`fixed_size`: CIFAR, a small folder in memory)."""
-  return augment.DeviceAugment(aug, on_device=bool(aug.on_device),
-                               crop=bool(aug.on_device and fixed_size))
+  mix always; with `aug.on_device` (`augment.on_device`: 'auto' is True on GPUs and TPUs),
+  RandAugment before it, and the crop and flip too for datasets whose training images all have
+  one size (`fixed_size`: CIFAR, a dataset or folder held in memory)."""
+  on_device = augment.on_device(aug.on_device, platform)
+  return augment.DeviceAugment(aug, on_device=on_device, crop=on_device and fixed_size)
 
 
 def host_augment_key(seed: int, step: int):
@@ -219,9 +221,39 @@ class TFDataSource:
                           'crop_pct': aug.crop_pct, 'interpolation': aug.interpolation}
     self.device_augment = device_augment_for(aug, fixed_size)
     self._crop_in_step = self.device_augment.crop
-    self._host_transform = (HostAugment(aug, crop=False)
-                            if not aug.on_device and augment.changes_pixels(aug) else None)
+    self._host_transform = (HostAugment(aug, crop=False) if not self.device_augment.on_device
+                            and augment.changes_pixels(aug) else None)
     self._host_input_shape = self.image_shape  # one image as the host augmentation gets it
+    # Held in memory (`_hold`): training images of one size as one array, of several as a list;
+    # the eval split already transformed. None: tf.data reads them each epoch.
+    self.in_memory = False
+    self._train_array = self._train_images = self._eval_array = None
+    self._train_labels = self._eval_labels = None
+
+  def _hold(self, train, train_labels, evals, eval_labels):
+    """Feeds from decoded uint8 images in host memory from now on, without tf.data: training
+    images of one size are cropped, flipped and RandAugmented by one jitted function (on the host,
+    or in the step with `aug.on_device`); of several sizes, cropped and flipped through PIL first.
+    The eval split is transformed once, here."""
+    self.in_memory = True
+    self._train_labels = np.asarray(train_labels, np.int32)
+    self._eval_labels = np.asarray(eval_labels, np.int32)
+    if isinstance(train, np.ndarray) or (len(train) and len({i.shape for i in train}) == 1):
+      self._train_array = np.asarray(train) if isinstance(train, np.ndarray) else np.stack(train)
+    elif len(train):
+      self._train_images = list(train)
+    size = _size(self.aug)
+    if len(evals) and all(img.shape[:2] == size for img in evals) and self.aug.crop_pct == 1:
+      self._eval_array = np.asarray(evals) if isinstance(evals, np.ndarray) else np.stack(evals)
+    elif len(evals):
+      self._eval_array = np.stack([np.asarray(eval_resize_crop(
+          Image.fromarray(img), size, self.aug.crop_pct, self.aug.interpolation)) for img in evals])
+    if self._train_array is not None:
+      self.device_augment = device_augment_for(self.aug, fixed_size=True)
+      self._crop_in_step = self.device_augment.crop
+      self._host_transform = (None if self.device_augment.on_device
+                              else HostAugment(self.aug, crop=True))
+      self._host_input_shape = self._train_array.shape[1:]
 
   @property
   def host_augment_seconds(self) -> float:
@@ -246,6 +278,9 @@ class TFDataSource:
     raise NotImplementedError
 
   def train_batches(self, start_step, *, batch_size, seed, sharding) -> Iterator:
+    if self._train_array is not None or self._train_images is not None:
+      yield from self._memory_train_batches(start_step, batch_size, seed, sharding)
+      return
     tf = _tf()
     local = batch_size // jax.process_count()
     steps_per_epoch = self.num_train // batch_size
@@ -269,7 +304,41 @@ class TFDataSource:
         yield data_lib.to_global(batch, sharding)
       epoch, offset = epoch + 1, 0
 
+  def _memory_train_batches(self, start_step, batch_size, seed, sharding) -> Iterator:
+    labels = self._train_labels
+    for step, idx in data_lib.train_indices(self.num_train, batch_size, seed, start_step):
+      if self._train_array is not None:
+        images = self._train_array[idx]
+      else:
+        rng = np.random.default_rng([seed, step, jax.process_index()])
+        images = np.stack([pil_random_resized_crop(self._train_images[i], rng, self.aug)
+                           for i in idx])
+      if self._host_transform is not None:
+        images = self._host_transform(images, host_augment_key(seed, step))
+      yield data_lib.to_global({'image': images, 'label': labels[idx]}, sharding)
+
+  def _memory_eval_batches(self, batch_size, sharding) -> Iterator:
+    local = batch_size // jax.process_count()
+    rows = slice(jax.process_index(), None, jax.process_count())
+    images, labels = self._eval_array[rows], self._eval_labels[rows]
+    # Every process runs the same batches; the last is padded only to a multiple of this process's
+    # devices (one more compile of the eval step, instead of up to a batch of padding each time).
+    per_process = -(-self.num_eval // jax.process_count())
+    per_device = len(sharding.addressable_devices)
+    mean = np.asarray(self.aug.mean, np.float32)
+    std = np.asarray(self.aug.std, np.float32)
+    for start in range(0, per_process, local):
+      size = min(local, -(-(per_process - start) // per_device) * per_device)
+      idx = np.arange(start, start + size)
+      mask = idx < len(labels)
+      idx = np.where(mask, idx, 0)
+      image = (images[idx].astype(np.float32) / 255. - mean) / std
+      yield data_lib.to_global({'image': image, 'label': labels[idx], 'mask': mask}, sharding)
+
   def eval_batches(self, *, batch_size, sharding):
+    if self._eval_array is not None:
+      yield from self._memory_eval_batches(batch_size, sharding)
+      return
     tf = _tf()
     local = batch_size // jax.process_count()
     ds = self._dataset(False, 0).map(
@@ -283,6 +352,18 @@ class TFDataSource:
     ds = ds.concatenate(pad).take(padded).batch(local).prefetch(tf.data.AUTOTUNE)
     for batch in ds.as_numpy_iterator():
       yield data_lib.to_global(batch, sharding)
+
+
+class ArraySource(TFDataSource):
+  """uint8 images (N, H, W, 3) and labels already in memory, fed with the recipe (`aug`) as the
+  TFDS and folder sources feed theirs: for data that is already in arrays, and for benchmarks.
+  Needs no TensorFlow."""
+
+  def __init__(self, name, aug, train_images, train_labels, eval_images, eval_labels,
+               class_names):
+    super().__init__(name, aug, len(class_names), class_names, len(train_labels),
+                     len(eval_labels), fixed_size=False)
+    self._hold(_as_rgb(train_images), train_labels, _as_rgb(eval_images), eval_labels)
 
 
 def tfds_builder(name: str, tfds_name: str, *, data_dir=None, download=True):
@@ -332,6 +413,32 @@ class TFDSSource(TFDataSource):
     fixed = shape[0] is not None and tuple(shape[:2]) == _size(aug)
     super().__init__(name, aug, labels.num_classes, labels.names, self._count(self.train_split),
                      self._count(self.eval_split), fixed)
+    self._read_into_memory(shape)
+
+  def _read_into_memory(self, shape):
+    """A small dataset (CIFAR-10/100: both splits decoded in at most `IN_MEMORY_BYTES`) is read
+    once, as uint8, and fed from memory (`_hold`); a larger one streams through tf.data."""
+    counts = {self.train_split: self.num_train, self.eval_split: self.num_eval}
+    if None not in shape and sum(counts.values()) * math.prod(shape) > IN_MEMORY_BYTES:
+      return
+    read, budget = {}, IN_MEMORY_BYTES
+    for split in counts:  # every process holds whole splits: its rows are drawn from them
+      if None not in shape:
+        parts = list(self.tfds.as_numpy(self.builder.as_dataset(split=split, batch_size=4096)))
+        images = np.concatenate([p['image'] for p in parts])
+        labels = np.concatenate([p['label'] for p in parts])
+      else:
+        images, labels = [], []
+        for example in self.tfds.as_numpy(self.builder.as_dataset(split=split)):
+          budget -= example['image'].nbytes
+          if budget < 0:
+            log.info('%s: larger than %d MiB decoded; streamed through tf.data.', self.name,
+                     IN_MEMORY_BYTES >> 20)
+            return
+          images.append(example['image'])
+          labels.append(example['label'])
+      read[split] = (_as_rgb(images), labels)
+    self._hold(*read[self.train_split], *read[self.eval_split])
 
   def _count(self, split):
     splits = self.builder.info.splits
@@ -370,6 +477,13 @@ def _image_size(path: str):
     return None
 
 
+def _as_rgb(images):
+  """uint8 images (an array or a list) with three channels: grey ones repeated, as PIL's RGB."""
+  if isinstance(images, np.ndarray):
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+  return [np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img for img in images]
+
+
 def _decode_rgb(path: str):
   """The image as uint8 (H, W, 3), decoded by PIL as torchvision's loader does; None if it fails."""
   try:
@@ -404,10 +518,10 @@ class ImageFolderSource(TFDataSource):
                for split, pairs in listed.items()}
       decoded_bytes = sum(w * h * 3 for split in sizes for wh in sizes[split] if wh
                           for w, h in [wh])
-      self.in_memory = decoded_bytes <= IN_MEMORY_BYTES
+      in_memory = decoded_bytes <= IN_MEMORY_BYTES
       self.files, self.skipped, decoded = {}, {}, {}
       for split, pairs in listed.items():
-        if self.in_memory:
+        if in_memory:
           images = list(pool.map(_decode_rgb, [p for p, _ in pairs]))
         else:
           images = [True if self._tf_decodes(p) else None for p, _ in pairs]
@@ -419,26 +533,11 @@ class ImageFolderSource(TFDataSource):
         self.skipped[split] = bad
         decoded[split] = [img for img in images if img is not None]
     self.splits = (train_split, eval_split)
-    self._train_array = self._eval_array = self._train_images = None
-    if self.in_memory:
-      train = decoded[train_split]
-      if train and len({img.shape for img in train}) == 1:
-        self._train_array = np.stack(train)
-      elif train:  # sizes differ: cropped to one size on the host (PIL), per batch
-        self._train_images = train
-      size = _size(aug)
-      self._eval_array = np.stack([
-          np.asarray(eval_resize_crop(Image.fromarray(img), size, aug.crop_pct, aug.interpolation))
-          for img in decoded[eval_split]]) if decoded[eval_split] else None
-    # Training images in memory: crop, flip and RandAugment without tf.data. Of one size, in one
-    # jitted function (on the host, or in the step with `aug.on_device`); of several, the crop
-    # and flip through PIL first.
     super().__init__(os.path.basename(root.rstrip('/')), aug, len(classes), classes,
-                     len(self.files[train_split]), len(self.files[eval_split]),
-                     fixed_size=self._train_array is not None)
-    if self._train_array is not None:
-      self._host_transform = None if aug.on_device else HostAugment(aug, crop=True)
-      self._host_input_shape = self._train_array.shape[1:]
+                     len(self.files[train_split]), len(self.files[eval_split]), fixed_size=False)
+    if in_memory:
+      self._hold(decoded[train_split], [l for _, l in self.files[train_split]],
+                 decoded[eval_split], [l for _, l in self.files[eval_split]])
 
   @staticmethod
   def _tf_decodes(path: str) -> bool:
@@ -460,45 +559,6 @@ class ImageFolderSource(TFDataSource):
     decode = lambda p, l: {'image': tf.io.decode_image(tf.io.read_file(p), channels=3,
                                                        expand_animations=False), 'label': l}
     return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-  def train_batches(self, start_step, *, batch_size, seed, sharding) -> Iterator:
-    if self._train_array is None and self._train_images is None:
-      yield from super().train_batches(start_step, batch_size=batch_size, seed=seed,
-                                       sharding=sharding)
-      return
-    labels = np.asarray([l for _, l in self.files[self.splits[0]]], np.int32)
-    for step, idx in data_lib.train_indices(self.num_train, batch_size, seed, start_step):
-      if self._train_array is not None:
-        images = self._train_array[idx]
-      else:
-        rng = np.random.default_rng([seed, step, jax.process_index()])
-        images = np.stack([pil_random_resized_crop(self._train_images[i], rng, self.aug)
-                           for i in idx])
-      if self._host_transform is not None:
-        images = self._host_transform(images, host_augment_key(seed, step))
-      yield data_lib.to_global({'image': images, 'label': labels[idx]}, sharding)
-
-  def eval_batches(self, *, batch_size, sharding):
-    if self._eval_array is None:
-      yield from super().eval_batches(batch_size=batch_size, sharding=sharding)
-      return
-    local = batch_size // jax.process_count()
-    rows = slice(jax.process_index(), None, jax.process_count())
-    images = self._eval_array[rows]
-    labels = np.asarray([l for _, l in self.files[self.splits[1]]], np.int32)[rows]
-    # Every process runs the same batches; the last is padded only to a multiple of this process's
-    # devices (one more compile of the eval step, instead of up to a batch of padding each time).
-    per_process = -(-self.num_eval // jax.process_count())
-    per_device = len(sharding.addressable_devices)
-    mean = np.asarray(self.aug.mean, np.float32)
-    std = np.asarray(self.aug.std, np.float32)
-    for start in range(0, per_process, local):
-      size = min(local, -(-(per_process - start) // per_device) * per_device)
-      idx = np.arange(start, start + size)
-      mask = idx < len(labels)
-      idx = np.where(mask, idx, 0)
-      image = (images[idx].astype(np.float32) / 255. - mean) / std
-      yield data_lib.to_global({'image': image, 'label': labels[idx], 'mask': mask}, sharding)
 
 
 def get_source(name: str, config=None) -> data_lib.Source:

@@ -152,8 +152,9 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config,
 
   On the device: `prepare_batch` (Mixup/CutMix until `mixup_until_step`; None: always), forward,
   backward, AdamW, EMA. With a loss scale (float16), a step whose gradients are not all finite
-  leaves parameters, optimizer state and EMA as they were and halves the scale; `metrics['loss_ok']`
-  then says whether a non-finite loss is such a skip (the scale could still shrink) or a failure.
+  leaves parameters, optimizer state and EMA as they were and halves the scale; `metrics['skipped']`
+  says whether a step was such a skip that can be retried smaller (a non-finite loss at the
+  smallest scale, 1, is a failure).
   """
   k_drop, k_aug, k_mix, _ = step_keys(rng, state.step)
   images, targets = prepare_batch(
@@ -175,7 +176,7 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config,
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     ema = None if ema is None else keep(ema, state.ema_params)
-    metrics.update(loss_scale=scaling.scale, loss_ok=finite | (scaling.scale > 1.0))
+    metrics.update(loss_scale=scaling.scale, skipped=~finite & (scaling.scale > 1.0))
     scaling = scaling.update(finite)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                        ema_params=ema, loss_scale=scaling), metrics

@@ -201,15 +201,16 @@ class Progress:
     self.pending, self.losses = [], []
     self.t_last, self.images, self.rate = None, 0, None
 
-  def add(self, loss, ok=None):
-    """A step's loss; `ok` (float16 loss scaling): whether a non-finite one is a skipped step."""
-    self.pending.append((loss, True if ok is None else ok))
+  def add(self, loss, skipped=None):
+    """A step's loss; `skipped` (float16 loss scaling): whether a non-finite one is a step the
+    loss scale skipped (and will retry smaller) rather than a failure."""
+    self.pending.append((loss, False if skipped is None else skipped))
 
   def report(self, done: int):
-    values, ok = (np.asarray(v) for v in zip(*jax.device_get(self.pending)))
+    values, skipped = (np.asarray(v) for v in zip(*jax.device_get(self.pending)))
     self.pending = []
     finite = np.isfinite(values)
-    bad = np.flatnonzero(~finite & ~ok)
+    bad = np.flatnonzero(~finite & ~skipped)
     if bad.size:
       saved = self.last_saved()
       kept = (f'The last checkpoint (step {saved}) is kept in {self.workdir}/checkpoints.'
@@ -423,7 +424,7 @@ def train_loop(config, state, train_step, source, mesh, evaluate, checkpoints, s
         state, metrics = train_step(state, batch, rng)
         if step == start:  # the first call compiles (or waits for it); its step is counted with it
           jax.block_until_ready(metrics['loss'])
-      progress.add(metrics['loss'], metrics.get('loss_ok'))
+      progress.add(metrics['loss'], metrics.get('skipped'))
       done = step + 1
       profile.after(done, state)
       epoch_end, final = done % epoch_steps == 0, done == total_steps

@@ -71,6 +71,11 @@ def _step_range(v):
   return ok, "'' (off) or 'START:STOP', two step numbers with START < STOP"
 
 
+def _on_device(v):
+  ok = v is True or v is False or v in ('auto', 'True', 'False', 'true', 'false')
+  return ok, "True, False or 'auto'"
+
+
 def _triple(positive: bool):
   def check(v):
     ok = isinstance(v, (tuple, list)) and len(v) >= 1 and all(
@@ -109,7 +114,7 @@ CHECKS: Dict[str, Callable[[Any], Tuple[bool, str]]] = {
     'aug.auto_augment': _auto_augment, 'aug.color_jitter': _float(0), 'aug.reprob': _float(0, 1),
     'aug.remode': _one_of('pixel', 'rand', 'const'), 'aug.mixup': _float(0), 'aug.cutmix': _float(0),
     'aug.mixup_prob': _float(0, 1), 'aug.mixup_switch_prob': _float(0, 1),
-    'aug.mixup_mode': _one_of('batch', 'elem', 'pair'), 'aug.mixup_off_epoch': _int(0), 'aug.on_device': _bool,
+    'aug.mixup_mode': _one_of('batch', 'elem', 'pair'), 'aug.mixup_off_epoch': _int(0), 'aug.on_device': _on_device,
     'profile_steps': _step_range, 'log_every_steps': _int(1), 'eval_every_epochs': _int(1), 'checkpoint_every_steps': _int(1),
     'keep_checkpoints': _int(1), 'checkpoint_async': _bool, 'init_from': _str, 'eval_only': _bool,
     'freeze_embedding': _bool, 'dataset_kwargs.seq_len': _int(1), 'dataset_kwargs.min_freq': _int(1),

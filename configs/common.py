@@ -82,7 +82,9 @@ def get_config():
   c.aug.mixup_switch_prob = 0.5
   c.aug.mixup_mode = 'batch'
   c.aug.mixup_off_epoch = 0         # 0 = never off (timm)
-  c.aug.on_device = False           # RandAugment, erasing (and fixed-size crops) in the jitted step
+  # RandAugment (and fixed-size crops) in the jitted step instead of on the host: True, False, or
+  # 'auto': in the step on GPUs and TPUs, on the host on CPUs (faster there).
+  c.aug.on_device = config_dict.FieldReference('auto', field_type=object)
 
   c.profile_steps = ''              # 'START:STOP': a jax.profiler trace of those steps in WORKDIR/profile
   c.log_every_steps = 50

@@ -7,7 +7,8 @@ The workdir is a file-system path every host sees (NFS, Filestore, a mounted buc
 gs:// itself.
 
 Official: configs/pretrained/cct_14-7x2_imagenet.yml on 8 GPUs x 128; published 80.67% top-1.
-The per-image augmentation runs on the device (the hosts of a pod feed many chips).
+The per-image augmentation runs on the device (`aug.on_device='auto'`: the hosts of a pod feed
+many chips).
 """
 
 from configs import common
@@ -34,7 +35,6 @@ def get_config():
   c.aug.scale = (0.08, 1.0)
   c.aug.reprob = 0.25
   c.aug.mixup_off_epoch = 0
-  c.aug.on_device = True
   c.log_every_steps = 100
   c.checkpoint_every_steps = 2000
   return c

@@ -209,7 +209,7 @@ def test_metrics_rows_stay_unique_after_a_crash_and_resume(copy):
     ('num_epochs', -5), ('batch_size', -64), ('warmup_epochs', -1), ('batch_size', 0),
     ('eval_batch_size', 0), ('checkpoint_every_steps', 0), ('log_every_steps', 0),
     ('grad_accum_steps', 0), ('eval_every_epochs', 0), ('keep_checkpoints', 0),
-    ('learning_rate', 0.0), ('label_smoothing', 1.5), ('aug.reprob', 2.0), ('dtype', 'float16'),
+    ('learning_rate', 0.0), ('label_smoothing', 1.5), ('aug.reprob', 2.0), ('dtype', 'float8'),
     ('aug.auto_augment', 'rand-m9-zz3'), ('aug.color_jitter', -0.4)])
 def test_every_bad_value_is_named_before_anything_starts(field, value):
   config = digits_cct.get_config()

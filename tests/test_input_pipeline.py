@@ -79,11 +79,15 @@ def _shapes(arrays):
   return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in arrays.items()}
 
 
-def test_resumed_pipeline_sees_the_same_batches():
+@pytest.mark.parametrize('in_memory', [True, False])
+def test_resumed_pipeline_sees_the_same_batches(in_memory, monkeypatch):
+  if not in_memory:
+    monkeypatch.setattr(input_pipeline, 'IN_MEMORY_BYTES', 0)
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ('data',)),
                                         jax.sharding.PartitionSpec('data'))
   with tfds.testing.mock_data(num_examples=40):
     source = input_pipeline.TFDSSource('cifar10', _aug(reprob=0.25))
+    assert source.in_memory == in_memory
     assert isinstance(source, data.Source) and not source.device_augment.on_device
     fresh = source.train_batches(0, batch_size=8, seed=3, sharding=sharding)
     batches = [next(fresh) for _ in range(7)]  # crosses an epoch boundary (5 steps/epoch)
@@ -96,7 +100,8 @@ def test_resumed_pipeline_sees_the_same_batches():
     assert sum(int(b['mask'].sum()) for b in evals) == 40
 
 
-def test_without_rand_augment_the_host_jitters_colour():
+def test_without_rand_augment_the_host_jitters_colour(monkeypatch):
+  monkeypatch.setattr(input_pipeline, 'IN_MEMORY_BYTES', 0)  # tf.data crops; the host jitters
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ('data',)),
                                         jax.sharding.PartitionSpec('data'))
   with tfds.testing.mock_data(num_examples=16):
@@ -107,6 +112,43 @@ def test_without_rand_augment_the_host_jitters_colour():
   np.testing.assert_array_equal(a['label'], b['label'])
   assert not np.array_equal(a['image'], b['image']), 'the same crops, then jittered'
   assert plain.host_augment_seconds == 0 and jittered.host_augment_seconds > 0
+
+
+def test_a_small_tfds_dataset_is_read_once_into_memory_and_fed_without_tf_data(monkeypatch):
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ('data',)),
+                                        jax.sharding.PartitionSpec('data'))
+  with tfds.testing.mock_data(num_examples=24):
+    source = input_pipeline.TFDSSource('cifar10', _aug(on_device=True))
+  assert source.in_memory and source._train_array.shape == (24, 32, 32, 3)
+  assert source._train_array.dtype == np.uint8 and source.device_augment.crop
+  # Outside mock_data (no dataset on disk) and without TensorFlow's reader: memory only.
+  monkeypatch.setattr(input_pipeline, '_tf', lambda: pytest.fail('tf.data was used'))
+  batches = source.train_batches(0, batch_size=8, seed=0, sharding=sharding)
+  for _ in range(4):  # more than an epoch
+    batch = next(batches)
+  assert batch['image'].dtype == np.uint8 and batch['image'].shape == (8, 32, 32, 3)
+  assert sum(int(b['mask'].sum()) for b in source.eval_batches(batch_size=8,
+                                                                 sharding=sharding)) == 24
+
+
+def test_a_tfds_dataset_too_large_for_memory_streams(monkeypatch):
+  monkeypatch.setattr(input_pipeline, 'IN_MEMORY_BYTES', 24 * 32 * 32 * 3)  # one split fits
+  with tfds.testing.mock_data(num_examples=24):
+    assert not input_pipeline.TFDSSource('cifar10', _aug()).in_memory
+
+
+@pytest.mark.parametrize('platform,expected', [('cpu', False), ('gpu', True), ('tpu', True)])
+def test_auto_augments_in_the_step_on_accelerators_and_on_the_host_on_cpus(platform, expected):
+  aug = _aug()
+  assert aug.on_device == 'auto'
+  assert input_pipeline.device_augment_for(aug, True, platform).on_device == expected
+  for value in (True, False):
+    assert input_pipeline.device_augment_for(_aug(on_device=value), True, platform).on_device == value
+
+
+def test_every_recipe_config_augments_where_the_device_is():
+  for name in CONFIGS:
+    assert importlib.import_module(f'configs.{name}').get_config().aug.on_device == 'auto', name
 
 
 def test_image_folder_skips_and_counts_undecodable_files(tmp_path, caplog):

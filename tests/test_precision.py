@@ -57,13 +57,14 @@ def test_a_non_finite_gradient_skips_the_step_and_halves_the_scale():
   new, metrics = step(state, batch, jax.random.key(0))
   assert not bool(precision.all_finite(metrics['grad_norm']))
   assert float(new.loss_scale.scale) == 2.0**126
-  assert int(new.step) == 1 and bool(metrics['loss_ok'])
+  assert int(new.step) == 1 and bool(metrics['skipped'])
   jax.tree.map(np.testing.assert_array_equal, (new.params, new.opt_state),
                (state.params, state.opt_state))
   # A finite scale then trains: the parameters move.
   finite, metrics = step(new.replace(loss_scale=precision.LossScale.create(1024., 2000)), batch,
                          jax.random.key(0))
   assert np.isfinite(float(metrics['loss'])) and float(finite.loss_scale.scale) == 1024.
+  assert not bool(metrics['skipped'])
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: bool((a != b).any()), finite.params,
                                        state.params))
   assert any(moved)
