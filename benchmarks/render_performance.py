@@ -50,13 +50,23 @@ SECTIONS = [
     dict(
         name='train_throughput', title='The training step alone',
         intro='`benchmarks/train_throughput.py`: the trainer\'s jitted step on synthetic '
-              'device-resident batches (median of repeats), beside vit-pytorch\'s CCT (the '
-              'authors\' port) in the same run. `devices` is the XLA device count (a split CPU).',
-        setting=['model', 'batch_size', 'dtype', 'devices'],
+              'device-resident batches (median of repeats), beside a PyTorch model of the same '
+              'architecture in the same run (`peer`: the official `src/` code or vit-pytorch\'s '
+              'CCT, the authors\' port). `devices` is the XLA device count (a split CPU).',
+        setting=['model', 'batch_size', 'dtype', 'devices', 'peer'],
         figures=[Fig('images_per_sec', 'ours, images/s', '{:.0f}'),
                  Fig('peer_eager_images_per_sec', 'PyTorch eager, images/s', '{:.0f}'),
                  Fig('peer_compiled_images_per_sec', 'torch.compile, images/s', '{:.0f}'),
                  Fig('mfu', 'MFU', '{:.1%}')]),
+    dict(
+        name='device_epoch', title='One CIFAR-10-sized epoch end to end on an accelerator',
+        intro='`benchmarks/device_check.py`: 50,000 in-memory synthetic uint8 images through '
+              '`train_and_evaluate` with the full recipe and the augmentation in the step; '
+              '"steps" is the loop\'s time after the first (compiling) step.',
+        setting=['model', 'dtype', 'batch_size', 'images'],
+        figures=[Fig('wall_s', 'wall clock, s', '{:.1f}'), Fig('steps_s', 'steps, s', '{:.1f}'),
+                 Fig('compile_s', 'compile, s', '{:.1f}'),
+                 Fig('images_per_sec', 'images/s in the steps', '{:.0f}')]),
     dict(
         name='input_pipeline', title='The input pipeline, CIFAR-10 recipe',
         intro='`benchmarks/input_pipeline.py`: what the host sustains with every per-image op of '

@@ -5,10 +5,12 @@
 
 Ours: the train step `train_and_evaluate` runs (`steps.make_train_step`: forward, backward, AdamW
 with timm's decay mask, label smoothing 0.1; mixup off, as the peer has none), jitted over a mesh
-of every device JAX sees, on synthetic device-resident data, timed after compilation and warm-up. The peer (`--peer`): the CCT
-of the `vit-pytorch` package (the authors' port), loaded from its `cct.py` by path, with the same
-architecture, batch, optimizer and loss; AMP autocast on GPU when --dtype is bfloat16; eager and
-`torch.compile`d. No TensorFlow is imported. The last line printed is one JSON object.
+of every device JAX sees, on synthetic device-resident data, timed after compilation and
+warm-up. The peer (`--peer`): the official model code (`--peer_repo`, a checkout of
+SHI-Labs/Compact-Transformers) or the CCT of the `vit-pytorch` package (the authors' port,
+loaded from its `cct.py` by path), with the same architecture, batch, optimizer and loss; on a GPU
+with AMP when --dtype is bfloat16 or float16 (with its GradScaler); eager and `torch.compile`d.
+No TensorFlow is imported. The last line printed is one JSON object.
 
 On a CPU host, ours runs as `train_main.py --cpu_devices=-1` does: data parallelism over XLA
 CPU devices of 8 images each (`devices.cpu_device_count`; 16 at batch 128). `--cpu_devices 0` keeps
@@ -47,11 +49,11 @@ PEAKS = {'H100': (989e12, 495e12), 'H200': (989e12, 495e12), 'A100': (312e12, 15
 def peak_flops(device, dtype):
   for name, (bf16, f32) in PEAKS.items():
     if name.lower() in device.device_kind.lower():
-      return bf16 if dtype == 'bfloat16' else f32
+      return bf16 if dtype in ('bfloat16', 'float16') else f32
   return None
 
 
-def bench_ours(args):
+def bench_ours(args, keep_compiled: bool = False):
   config = common.get_config()
   config.model = args.model
   config.dtype = args.dtype
@@ -96,7 +98,7 @@ def bench_ours(args):
       'flops_per_image': flops_step / args.batch_size, 'tflops_per_sec': tflops,
       'mfu': tflops * 1e12 / (peak * mesh.size) if peak else None,
       'compile_s': compile_s, 'devices': mesh.size, 'device_kind': device.device_kind,
-      'loss': float(metrics['loss']),
+      'loss': float(metrics['loss']), **({'compiled': compiled} if keep_compiled else {}),
   }
 
 
@@ -112,35 +114,59 @@ def load_peer_cct():
   return module
 
 
-def bench_peer(args, compiled: bool):
-  import torch  # pylint: disable=g-import-not-at-top
+def load_official_model(repo: str, name: str):
+  """The official repository's own model (`src/`, a checkout of SHI-Labs/Compact-Transformers),
+  built by its registered factory."""
+  if not os.path.isfile(os.path.join(repo, 'src', 'cct.py')):
+    raise SystemExit(f'--peer_repo {repo} is not a checkout of SHI-Labs/Compact-Transformers '
+                     '(no src/cct.py).')
+  sys.path.insert(0, os.path.abspath(repo))
+  import src  # pylint: disable=g-import-not-at-top
+  return getattr(src, name)()
+
+
+def peer_model(args):
+  """The PyTorch model timed beside ours: the official code (`--peer_repo`) or vit-pytorch's
+  CCT (the authors' port), with the same architecture."""
+  if getattr(args, 'peer_repo', None):
+    return load_official_model(args.peer_repo, args.model), 'official src/'
   cct = load_peer_cct()
   _, kw = compact_flax.models.model_kwargs(args.model)
   if _ != 'cct':
     raise SystemExit('--peer compares CCT variants only.')
+  return cct.CCT(img_size=kw['img_size'], embedding_dim=kw['embedding_dim'],
+                 n_conv_layers=kw['n_conv_layers'], kernel_size=kw['kernel_size'],
+                 stride=kw['stride'], padding=kw['padding'], num_layers=kw['num_layers'],
+                 num_heads=kw['num_heads'], mlp_ratio=kw['mlp_ratio'],
+                 num_classes=kw['num_classes'],
+                 positional_embedding=kw['positional_embedding']), 'vit-pytorch CCT'
+
+
+def bench_peer(args, compiled: bool):
+  import torch  # pylint: disable=g-import-not-at-top
+  _, kw = compact_flax.models.model_kwargs(args.model)
   cuda = torch.cuda.is_available()
   dev = torch.device('cuda' if cuda else 'cpu')
-  model = cct.CCT(img_size=kw['img_size'], embedding_dim=kw['embedding_dim'],
-                  n_conv_layers=kw['n_conv_layers'], kernel_size=kw['kernel_size'],
-                  stride=kw['stride'], padding=kw['padding'], num_layers=kw['num_layers'],
-                  num_heads=kw['num_heads'], mlp_ratio=kw['mlp_ratio'],
-                  num_classes=kw['num_classes'], positional_embedding=kw['positional_embedding'])
+  model, which = peer_model(args)
   model = model.to(dev).train()
   n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
   opt = torch.optim.AdamW(model.parameters(), lr=5.5e-4, weight_decay=0.06)
   loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
   fwd = torch.compile(model) if compiled else model
-  amp = cuda and args.dtype == 'bfloat16'
+  amp = cuda and args.dtype in ('bfloat16', 'float16')
+  amp_dtype = torch.float16 if args.dtype == 'float16' else torch.bfloat16
+  scaler = torch.amp.GradScaler('cuda', enabled=amp and args.dtype == 'float16')
   x = [torch.randn(args.batch_size, 3, kw['img_size'], kw['img_size'], device=dev)
        for _ in range(2)]
   y = torch.randint(0, kw['num_classes'], (args.batch_size,), device=dev)
 
   def step(i):
-    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast('cuda', dtype=amp_dtype, enabled=amp):
       loss = loss_fn(fwd(x[i % 2]), y)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
     return loss
 
   sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -159,7 +185,8 @@ def bench_peer(args, compiled: bool):
   step_s = float(np.median(times))
   return {'images_per_sec': args.batch_size / step_s, 'step_time_s': step_s,
           'step_time_spread_s': [float(min(times)), float(max(times))], 'warmup_s': warm_s,
-          'params': n_params, 'amp': amp, 'torch': torch.__version__,
+          'params': n_params, 'amp': amp and args.dtype, 'model_code': which,
+          'torch': torch.__version__,
           'threads': torch.get_num_threads(), 'loss': float(loss)}
 
 
@@ -167,12 +194,14 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--model', default='cct_2_3x2_32')
   parser.add_argument('--batch_size', type=int, default=128)
-  parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
   parser.add_argument('--steps', type=int, default=20, help='timed steps per repeat')
   parser.add_argument('--repeats', type=int, default=3, help='the median repeat is reported')
   parser.add_argument('--warmup', type=int, default=5)
-  parser.add_argument('--peer', action='store_true', help='also time vit-pytorch CCT')
+  parser.add_argument('--peer', action='store_true', help='also time the PyTorch model')
   parser.add_argument('--peer_modes', default='eager,compiled')
+  parser.add_argument('--peer_repo', help='a checkout of SHI-Labs/Compact-Transformers: time its '
+                      'own src/ model instead of vit-pytorch\'s CCT')
   parser.add_argument('--cpu_devices', type=int, default=-1,
                       help='XLA devices on a CPU host, as train_main.py --cpu_devices: -1 one per '
                       '8 images (devices.cpu_device_count), 0 JAX\'s default (one device)')
@@ -194,16 +223,18 @@ def main():
       peer = bench_peer(args, compiled=(mode == 'compiled'))
       result[f'peer_{mode}'] = peer
       result[f'ratio_vs_peer_{mode}'] = ours['images_per_sec'] / peer['images_per_sec']
-      print(f'vit-pytorch CCT ({mode}): {peer["images_per_sec"]:.1f} img/s; compact-flax is '
+      print(f'{peer["model_code"]} ({mode}): {peer["images_per_sec"]:.1f} img/s; compact-flax is '
             f'{result[f"ratio_vs_peer_{mode}"]:.2f}x', flush=True)
   print(json.dumps(result))
   figures = {'images_per_sec': ours['images_per_sec'], 'step_ms': ours['step_time_s'] * 1e3,
              'compile_s': ours['compile_s'], 'mfu': ours['mfu']}
   for mode in (args.peer_modes.split(',') if args.peer else []):
     figures[f'peer_{mode}_images_per_sec'] = result[f'peer_{mode}']['images_per_sec']
-  results.record(args.results, 'train_throughput',
-                 {'model': args.model, 'batch_size': args.batch_size, 'dtype': args.dtype,
-                  'devices': ours['devices']}, figures)
+  setting = {'model': args.model, 'batch_size': args.batch_size, 'dtype': args.dtype,
+             'devices': ours['devices']}
+  if args.peer:
+    setting['peer'] = result[f'peer_{args.peer_modes.split(",")[0]}']['model_code']
+  results.record(args.results, 'train_throughput', setting, figures)
 
 
 if __name__ == '__main__':
